@@ -1,0 +1,43 @@
+"""The one progress-bar and logging path.
+
+Progress bars go to stderr through tqdm and disappear when stderr is not a
+terminal or ``PC3D_PROGRESS=0`` (CI logs stay readable); log lines go through
+the ``pc3d`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Iterable, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def _progress_enabled() -> bool:
+    flag = os.environ.get("PC3D_PROGRESS")
+    if flag is not None:
+        return flag not in ("0", "false", "False", "")
+    return sys.stderr.isatty()
+
+
+def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
+             initial: int = 0) -> tqdm:
+    """A tqdm bar on stderr (disabled when not a terminal unless ``PC3D_PROGRESS=1``)."""
+    return tqdm(iterable, total=total, desc=desc, initial=initial, dynamic_ncols=True,
+                disable=not _progress_enabled(), file=sys.stderr, leave=False)
+
+
+def get_logger(name: str = "pc3d") -> logging.Logger:
+    """The pc3d logger; configures a plain stderr handler once."""
+    root = logging.getLogger("pc3d")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[pc3d] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+    return logging.getLogger(name)

@@ -1,0 +1,42 @@
+"""Shared fixtures. Real sample data comes from PC3D_SHARED_DATA (default ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    return Path(os.environ.get("PC3D_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
+
+
+def require_shared(relative: str) -> Path:
+    """Path to a folder of the shared sample data; fail under CI=true, skip elsewhere."""
+    path = shared_data_root() / relative
+    if not path.exists():
+        reason = f"shared sample data {path} not found (set PC3D_SHARED_DATA)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return require_shared("")
+
+
+@pytest.fixture
+def modelnet10_root() -> Path:
+    return require_shared("modelnet10")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
