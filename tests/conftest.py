@@ -36,6 +36,15 @@ def modelnet10_root() -> Path:
     return require_shared("modelnet10")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Prepared/generated data goes to PC3D_CACHE (set by .ci/run) or a per-session temp folder."""
+    if "PC3D_CACHE" not in os.environ:
+        os.environ["PC3D_CACHE"] = str(tmp_path_factory.mktemp("pc3d_cache"))
+    os.environ.setdefault("PC3D_PROGRESS", "0")
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

@@ -1,0 +1,200 @@
+"""``pc3d <command> key=value ...`` — the Hydra command line.
+
+Commands:
+    pretrain   self-supervised pretraining (configs/pretrain.yaml)
+    probe      frozen-feature probe + random-init baseline (configs/probe.yaml)
+    prep NAME  dataset preparation, e.g. ``pc3d prep modelnet src=DIR dst=DIR`` (configs/prep/NAME.yaml)
+
+Every run writes the resolved ``config.yaml`` and a flat ``metrics.json`` to
+``out_dir``. Metric keys (stable):
+    pretrain: final_loss (mean of the last 25 step losses), steps, wall_s, samples_per_s
+    probe:    val_accuracy, val_mean_class_accuracy, val_accuracy/<class>, svm_C,
+              test_accuracy, test_mean_class_accuracy, test_accuracy/<class> (when a test
+              split exists), and the same keys prefixed random_ for the random-init baseline.
+Bad input (unknown keys, missing data, corrupt files) ends with one line on stderr
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pc3d.errors import ConfigError, Pc3dError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+USAGE = __doc__.split("Every run")[0].strip()
+
+
+def config_dir() -> Path:
+    """``$PC3D_CONFIG_DIR`` or the repository's ``configs/``."""
+    path = Path(os.environ.get("PC3D_CONFIG_DIR", REPO_CONFIGS))
+    if not (path / "pretrain.yaml").is_file():
+        raise ConfigError(f"config directory {path} not found (install pc3d with `pip install -e .` from the "
+                          "repository, or set PC3D_CONFIG_DIR)")
+    return path
+
+
+def compose(name: str, overrides: Sequence[str]):
+    """The composed config ``name`` with command-line ``overrides``, struct mode on."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name=name, overrides=list(overrides))
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required value(s): {', '.join(f'{k}=...' for k in missing)}")
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _start_run(cfg) -> Path:
+    from omegaconf import OmegaConf
+
+    from pc3d.utils.atomic import atomic_write
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "config.yaml", "w") as handle:
+        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    return out
+
+
+def _finish_run(out: Path, metrics: dict[str, Any]) -> None:
+    from pc3d.utils.atomic import atomic_write_json
+
+    atomic_write_json(out / "metrics.json", metrics)
+
+
+def run_pretrain(cfg) -> dict[str, Any]:
+    from pc3d.train import Trainer, TrainerConfig
+    from pc3d.utils.config import call_target, seed_everything, to_plain
+
+    seed_everything(cfg.seed)
+    data = call_target(cfg.data, "data")
+    encoder = call_target(cfg.encoder, "encoder")
+    model = call_target(cfg.method, "method", encoder=encoder)
+    trainer_cfg = TrainerConfig(**to_plain(cfg.trainer), seed=cfg.seed, device=cfg.device, resume=str(cfg.resume))
+    trainer = Trainer(model, data.pretrain_dataset(augment=cfg.augment), trainer_cfg, cfg.out_dir,
+                      run_config=to_plain(cfg))
+    out = _start_run(cfg)  # only once every input has been validated: a failed start leaves no output
+    metrics = trainer.fit()
+    _finish_run(out, metrics)
+    print(f"pretrain: {metrics['steps']} steps, final loss {metrics['final_loss']:.5f}, "
+          f"{metrics['samples_per_s']:.1f} samples/s, {metrics['wall_s']:.0f} s → {out}")
+    return metrics
+
+
+def run_probe(cfg) -> dict[str, Any]:
+    import numpy as np
+
+    from pc3d.eval import ProbeSplits, extract_global_features, svm_probe
+    from pc3d.hub import build_encoder, load_encoder
+    from pc3d.train import resolve_device
+    from pc3d.utils.config import call_target, seed_everything, to_plain
+
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    data = call_target(cfg.data, "data")
+    encoders: dict[str, Any] = {}
+    if str(cfg.checkpoint) == "random":
+        encoder_cfg = to_plain(cfg.encoder)
+    else:
+        encoders["pretrained"], encoder_cfg = load_encoder(cfg.checkpoint)
+    if cfg.probe.baseline or not encoders:
+        seed_everything(cfg.seed)
+        encoders["random"] = build_encoder(encoder_cfg)
+
+    out = _start_run(cfg)
+    order = np.concatenate([data.fit, data.val, data.test])
+    bounds = np.cumsum([0, len(data.fit), len(data.val), len(data.test)])
+    labels = data.labels(order)
+    results: dict[str, dict[str, Any]] = {}
+    for name, encoder in encoders.items():
+        features = extract_global_features(encoder, data.points(order), batch_size=cfg.probe.batch_size,
+                                           device=device, levels=cfg.probe.levels)
+        parts = [(features[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        splits = ProbeSplits(*parts[0], *parts[1], *(parts[2] if len(data.test) else (None, None)))
+        results[name] = svm_probe(splits, data.class_names, Cs=list(cfg.probe.Cs),
+                                  standardize=cfg.probe.standardize, seed=cfg.seed)
+    main = results.get("pretrained", results["random"])
+    metrics = dict(main)
+    if "random" in results:
+        metrics.update({f"random_{k}": v for k, v in results["random"].items()})
+    metrics["feature_dim"] = int(features.shape[1])
+    metrics["wall_s"] = time.perf_counter() - started
+    _finish_run(out, metrics)
+    line = f"probe ({data.cache.manifest.get('name', 'data')}, {len(data.val)} val shapes): "
+    for split in ("val", "test"):
+        if f"{split}_accuracy" in metrics:
+            line += f"{split} accuracy {'pretrained' if 'pretrained' in results else 'random'} " \
+                    f"{metrics[f'{split}_accuracy']:.4f}"
+            if "pretrained" in results and "random" in results:
+                line += f" | random init {metrics[f'random_{split}_accuracy']:.4f}"
+            line += "; "
+    print(line.rstrip("; ") + f" → {out}")
+    return metrics
+
+
+def run_prep(name: str, cfg) -> dict[str, Any]:
+    if name == "modelnet":
+        from data_prep.modelnet import prepare_modelnet
+
+        manifest = prepare_modelnet(cfg.src, cfg.dst, num_points=cfg.num_points,
+                                    num_surface_points=cfg.num_surface_points, seed=cfg.seed, force=cfg.force)
+        counts = manifest.get("counts", {})
+        print(f"prepared {cfg.src} → {cfg.dst}: {len(manifest.get('classes', []))} classes, "
+              f"{sum(sum(v.values()) if isinstance(v, dict) else v for v in counts.values())} shapes")
+        return manifest
+    raise ConfigError(f"unknown dataset for prep: {name!r} (available: modelnet)")
+
+
+COMMANDS: dict[str, Callable[[Any], dict[str, Any]]] = {"pretrain": run_pretrain, "probe": run_probe}
+PREP = ("modelnet",)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, overrides = args[0], args[1:]
+    try:
+        if command == "prep":
+            if not overrides or "=" in overrides[0]:
+                raise ConfigError(f"usage: pc3d prep NAME key=value ... (NAME: {', '.join(PREP)})")
+            name, overrides = overrides[0], overrides[1:]
+            if name not in PREP:
+                raise ConfigError(f"unknown dataset for prep: {name!r} (available: {', '.join(PREP)})")
+            run_prep(name, compose(f"prep/{name}", overrides))
+        elif command in COMMANDS:
+            COMMANDS[command](compose(command, overrides))
+        else:
+            raise ConfigError(f"unknown command {command!r} (commands: {', '.join([*COMMANDS, 'prep'])})")
+    except Pc3dError as exc:
+        print(f"pc3d: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"pc3d: config error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pc3d: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

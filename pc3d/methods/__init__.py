@@ -1,0 +1,5 @@
+"""Pretraining methods: one module per method, each a model whose forward returns ``{"loss": ...}``."""
+
+from pc3d.methods.point_mae import PointMAE
+
+__all__ = ["PointMAE"]

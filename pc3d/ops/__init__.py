@@ -1,0 +1,20 @@
+"""Geometry ops: farthest point sampling, kNN, ball query, Chamfer-L2 and the batched gather.
+
+Pure torch, batched ``(B, N, 3)``, memory-bounded by chunking; optional accelerators
+(pytorch3d, torch-cluster) are picked by :func:`pc3d.ops.backends.resolve_backend`.
+"""
+
+from pc3d.ops.backends import resolve_backend
+from pc3d.ops.chamfer import chamfer_l2
+from pc3d.ops.neighbors import CHUNK_FLOATS, ball_query, gather_points, knn
+from pc3d.ops.sampling import farthest_point_sample
+
+__all__ = [
+    "CHUNK_FLOATS",
+    "ball_query",
+    "chamfer_l2",
+    "farthest_point_sample",
+    "gather_points",
+    "knn",
+    "resolve_backend",
+]

@@ -1,0 +1,110 @@
+"""Backend selection for the geometry ops.
+
+Every op has a pure-torch implementation that always runs. Optional accelerators
+are used only when installed:
+
+============== ===================================================== ==============
+backend        ops                                                   used by "auto"
+============== ===================================================== ==============
+torch          farthest_point_sample, knn, ball_query, chamfer_l2    always possible
+pytorch3d      farthest_point_sample, knn, ball_query, chamfer_l2    CUDA float32
+torch_cluster  farthest_point_sample, knn                            CUDA float32
+scipy          knn (cKDTree, CPU only)                               never
+============== ===================================================== ==============
+
+``"auto"`` picks pytorch3d, then torch-cluster, for CUDA float32 tensors when
+installed, else torch. On CPU it always picks torch: the accelerators' CPU kernels
+are single-threaded and the pure-torch path is the one the tests pin down.
+``PC3D_OPS_BACKEND`` (``torch``, ``pytorch3d``, ...) replaces ``"auto"``
+everywhere; an op the named backend does not implement falls back to torch.
+Asking for an uninstalled backend, explicitly or through the variable, raises
+:class:`pc3d.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+from pc3d.errors import ConfigError
+
+ENV_VAR = "PC3D_OPS_BACKEND"
+
+BACKENDS: tuple[str, ...] = ("torch", "pytorch3d", "torch_cluster", "scipy")
+
+# op name -> backends that implement it (a constant table, not a registry).
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "farthest_point_sample": ("torch", "pytorch3d", "torch_cluster"),
+    "knn": ("torch", "pytorch3d", "torch_cluster", "scipy"),
+    "ball_query": ("torch", "pytorch3d"),
+    "chamfer_l2": ("torch", "pytorch3d"),
+}
+
+# Preference order of "auto" among the accelerators (CUDA float32 only).
+_AUTO_ORDER: tuple[str, ...] = ("pytorch3d", "torch_cluster")
+
+_INSTALL_HINT: dict[str, str] = {
+    "pytorch3d": "pip install 'git+https://github.com/facebookresearch/pytorch3d.git@stable' "
+                 "(builds against the installed torch/CUDA)",
+    "torch_cluster": "pip install torch-cluster (a wheel matching the installed torch/CUDA)",
+    "scipy": "pip install scipy",
+}
+
+# import name of each optional backend
+_MODULE: dict[str, str] = {"pytorch3d": "pytorch3d", "torch_cluster": "torch_cluster", "scipy": "scipy"}
+
+
+@functools.lru_cache(maxsize=None)
+def is_installed(backend: str) -> bool:
+    """Whether ``backend`` can be imported (looked up once, without importing it)."""
+    if backend == "torch":
+        return True
+    module = _MODULE.get(backend)
+    if module is None:
+        return False
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_backend(name: str, op: str, tensor: torch.Tensor) -> str:
+    """The backend that runs ``op`` on ``tensor`` for the requested ``name``.
+
+    Args:
+        name: ``"auto"`` or one of :data:`BACKENDS`.
+        op: one of the keys of :data:`SUPPORTED`.
+        tensor: the main input (its device and dtype decide ``"auto"``).
+
+    Returns:
+        One of :data:`BACKENDS`.
+
+    Raises:
+        ConfigError: unknown backend name, a backend explicitly requested for an op it
+            does not implement, or a backend that is not installed.
+    """
+    if op not in SUPPORTED:
+        raise ValueError(f"unknown op {op!r}; expected one of {sorted(SUPPORTED)}")
+    from_env = False
+    if name == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env and env != "auto":
+            name, from_env = env, True
+    where = f"{ENV_VAR}={name}" if from_env else f"backend={name!r}"
+    if name == "auto":
+        if tensor.is_cuda and tensor.dtype == torch.float32:
+            for candidate in _AUTO_ORDER:
+                if candidate in SUPPORTED[op] and is_installed(candidate):
+                    return candidate
+        return "torch"
+    if name not in BACKENDS:
+        raise ConfigError(f"{where}: unknown ops backend; expected 'auto' or one of {list(BACKENDS)}")
+    if name not in SUPPORTED[op]:
+        if from_env:
+            return "torch"
+        raise ConfigError(f"{where}: {op} is not implemented by {name}; "
+                          f"available: {list(SUPPORTED[op])}")
+    if not is_installed(name):
+        raise ConfigError(f"{where}: {name} is not installed; install it with: "
+                          f"{_INSTALL_HINT[name]} (or use backend='torch')")
+    return name

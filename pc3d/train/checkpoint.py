@@ -1,0 +1,116 @@
+"""The one checkpoint writer and reader.
+
+Checkpoints are ``<run_dir>/checkpoints/step_<step:08d>.pt``, written atomically
+(temporary file + rename), so a run killed while writing never leaves a corrupt
+newest checkpoint; :func:`latest_checkpoint` also skips any file that fails to load.
+They are read with ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pc3d.errors import CheckpointError
+from pc3d.utils.atomic import atomic_write
+from pc3d.utils.progress import get_logger
+
+CHECKPOINT_FORMAT = "pc3d-checkpoint"
+CHECKPOINT_VERSION = 1
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+log = get_logger(__name__)
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any], keep_last: int = 2) -> Path:
+    """Write ``state`` as the checkpoint of ``step`` atomically; keep the newest ``keep_last``."""
+    path = checkpoint_dir(run_dir) / f"step_{step:08d}.pt"
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, **state}
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint files of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a pc3d checkpoint; a missing, truncated or foreign file raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt zip/pickle data
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a pc3d training checkpoint (expected format '{CHECKPOINT_FORMAT}')")
+    return state
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """The newest loadable checkpoint of a run and its state; unreadable files are skipped with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("skipping unreadable checkpoint: %s", exc)
+    return None
+
+
+def resolve_checkpoint(path_or_run_dir: str | os.PathLike) -> Path:
+    """A checkpoint file from a file path or a run directory (its newest loadable checkpoint)."""
+    path = Path(path_or_run_dir)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: run directory has no readable checkpoint in checkpoints/")
+        return found[0]
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    """Snapshot of every random generator a training step uses."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": np_state[2],
+                  "has_gauss": np_state[3], "gauss": np_state[4]},
+        "python": repr(random.getstate()),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), int(np_state["pos"]),
+                         int(np_state["has_gauss"]), float(np_state["gauss"])))
+    random.setstate(_literal_python_state(state["python"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _literal_python_state(text: str) -> tuple:
+    import ast
+
+    return ast.literal_eval(text)

@@ -1,0 +1,128 @@
+"""End-to-end runs of the `pc3d` command line and its one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pc3d.cli import main
+
+TINY = [
+    "encoder.embed_dim=48", "encoder.depth=1", "encoder.num_heads=3", "encoder.num_groups=16",
+    "encoder.group_size=16", "method.decoder_depth=1", "method.decoder_num_heads=3",
+    "trainer.batch_size=8", "trainer.checkpoint_every=2",
+]
+TINY_SYNTH = ["data.train_per_class=6", "data.test_per_class=2", "data.num_points=256"]
+
+
+def run_cli(*args, cwd=None):
+    """The CLI in a subprocess (as a user runs it): returns (rc, stdout, stderr)."""
+    env = dict(os.environ, PC3D_PROGRESS="0")
+    proc = subprocess.run([sys.executable, "-m", "pc3d.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_pretrain_then_probe_on_embedded_synthetic_shapes(tmp_path, capsys):
+    run = tmp_path / "run"
+    synth = [f"data.root={tmp_path / 'synth'}", *TINY_SYNTH]
+    assert main(["pretrain", *TINY, *synth, "trainer.max_steps=4", f"out_dir={run}"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"final_loss", "steps", "wall_s", "samples_per_s"} <= set(metrics) and metrics["steps"] == 4
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "step_00000004.pt").is_file()
+    assert len((run / "losses.jsonl").read_text().splitlines()) == 4
+
+    assert main(["probe", f"checkpoint={run}", *synth, f"out_dir={tmp_path / 'probe'}"]) == 0
+    probe = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    for key in ("val_accuracy", "test_accuracy", "random_val_accuracy", "random_test_accuracy",
+                "val_mean_class_accuracy", "random_val_mean_class_accuracy"):
+        assert 0.0 <= probe[key] <= 1.0, key
+    assert any(k.startswith("val_accuracy/") for k in probe)
+    assert "random init" in capsys.readouterr().out
+
+
+def test_resume_auto_extends_a_finished_run(tmp_path):
+    run = tmp_path / "run"
+    common = [*TINY, f"data.root={tmp_path / 'synth'}", *TINY_SYNTH, f"out_dir={run}"]
+    assert main(["pretrain", *common, "trainer.max_steps=2"]) == 0
+    assert main(["pretrain", *common, "trainer.max_steps=2"]) == 0  # nothing left to do
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 2
+
+
+def test_point_mae_end_to_end_on_real_modelnet10(modelnet10_root, tmp_path):
+    """Prepare the real ModelNet10 train split, pretrain a small Point-MAE, probe it."""
+    run = tmp_path / "run"
+    data = ["data=modelnet10", f"data.root={modelnet10_root}", "data.num_points=512"]
+    assert main(["pretrain", *TINY, *data, "trainer.max_steps=30", "trainer.batch_size=16", "trainer.lr=2e-3",
+                 "trainer.warmup_steps=3", "trainer.checkpoint_every=100", f"out_dir={run}"]) == 0
+    losses = [json.loads(x)["loss"] for x in (run / "losses.jsonl").read_text().splitlines()]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert main(["probe", f"checkpoint={run}", *data, f"out_dir={tmp_path / 'probe'}"]) == 0
+    probe = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert probe["val_accuracy"] > 0.3 and probe["random_val_accuracy"] > 0.3  # 10 classes: chance 0.1
+    assert "test_accuracy" not in probe  # the shared copy has no test split
+
+
+def test_prep_modelnet_command(modelnet10_root, tmp_path):
+    src = tmp_path / "tree"
+    for name in ("chair", "toilet"):
+        (src / name / "train").mkdir(parents=True)
+        for f in sorted((modelnet10_root / name / "train").glob("*.pcd"))[:3]:
+            (src / name / "train" / f.name).symlink_to(f)
+    rc, out, err = run_cli("prep", "modelnet", f"src={src}", f"dst={tmp_path / 'prepared'}")
+    assert rc == 0, err
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    assert manifest["classes"] == ["chair", "toilet"]
+
+
+def _expect_one_line_error(rc, out, err, *fragments, absent=None):
+    assert rc == 2, (rc, out, err)
+    lines = [line for line in err.strip().splitlines() if not line.startswith("[pc3d]")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in err
+    if absent is not None:
+        assert not Path(absent).exists(), f"partial output left in {absent}"
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["pretrain", "trainer.nonsense=1"], ["trainer.nonsense"]),
+    (["pretrain", "data=modelnet10"], ["data.root"]),
+    (["pretrain", "data=modelnet10", "data.root=/no/such/dir"], ["/no/such/dir", "does not exist"]),
+    (["probe"], ["checkpoint"]),
+    (["probe", "checkpoint=/no/such/run"], ["/no/such/run"]),
+    (["frobnicate"], ["unknown command", "frobnicate"]),
+    (["prep", "shapenet", "src=a", "dst=b"], ["unknown dataset", "shapenet"]),
+    (["pretrain", "encoder.width=3"], ["encoder.width"]),
+    (["pretrain", "method=no_such_method"], ["no_such_method"]),
+    (["pretrain", "device=cuda:7"], ["cuda"]),
+])
+def test_bad_invocations_end_with_one_line(tmp_path, args, fragments):
+    out_dir = tmp_path / "out"
+    rc, out, err = run_cli(*args, f"out_dir={out_dir}", "data.train_per_class=2", "data.test_per_class=1")\
+        if args[0] == "pretrain" and "data=modelnet10" not in args else run_cli(*args, f"out_dir={out_dir}")
+    _expect_one_line_error(rc, out, err, *fragments, absent=out_dir / "metrics.json")
+
+
+def test_empty_dataset_tree_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty" / "chair" / "train").mkdir(parents=True)
+    out_dir = tmp_path / "out"
+    rc, out, err = run_cli("pretrain", "data=modelnet10", f"data.root={tmp_path / 'empty'}", f"out_dir={out_dir}")
+    _expect_one_line_error(rc, out, err, str(tmp_path / "empty"), absent=out_dir)
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+    rc, out, err = run_cli("probe", f"checkpoint={bad}", f"out_dir={tmp_path / 'out'}")
+    _expect_one_line_error(rc, out, err, "bad.pt", absent=tmp_path / "out")
+
+
+def test_help_lists_commands():
+    rc, out, err = run_cli("--help")
+    assert rc == 0 and "pretrain" in out and "probe" in out and "prep" in out

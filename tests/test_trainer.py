@@ -1,0 +1,151 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pc3d.errors import CheckpointError, ConfigError, Pc3dError
+from pc3d.train import (Trainer, TrainerConfig, epoch_batches, latest_checkpoint, load_checkpoint, param_groups,
+                        resolve_checkpoint, warmup_cosine_lr)
+from pc3d.train.checkpoint import list_checkpoints
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    def __init__(self, n=40):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+class ToyMethod(nn.Module):
+    """Regression with dropout so the RNG state matters for exact resume."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.2), nn.Linear(16, 1))
+        self.token = nn.Parameter(torch.zeros(3))
+
+    def forward(self, batch):
+        pred = self.net(batch["x"]).squeeze(-1) + self.token.sum()
+        return {"loss": (pred - batch["y"]).square().mean()}
+
+
+def config(**kw):
+    base = dict(max_steps=12, batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_every=4, keep_last=5,
+                resume="auto", device="cpu", seed=3)
+    base.update(kw)
+    return TrainerConfig(**base)
+
+
+def losses(run_dir):
+    return [json.loads(x)["loss"] for x in (run_dir / "losses.jsonl").read_text().splitlines()]
+
+
+def test_warmup_cosine_schedule_values():
+    kw = dict(base_lr=1e-3, total_steps=100, warmup_steps=10, warmup_lr_init=1e-6, min_lr=1e-6)
+    assert warmup_cosine_lr(0, **kw) == pytest.approx(1e-6)
+    assert warmup_cosine_lr(5, **kw) == pytest.approx(1e-6 + 5 * (1e-3 - 1e-6) / 10)
+    assert warmup_cosine_lr(10, **kw) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + math.cos(math.pi * 0.1)))
+    assert warmup_cosine_lr(100, **kw) == pytest.approx(1e-6)
+    assert warmup_cosine_lr(50, **kw) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6))
+
+
+def test_param_groups_exclude_biases_norms_and_tokens_from_decay():
+    model = ToyMethod()
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    decayed = {id(p) for p in decay["params"]}
+    assert decayed == {id(model.net[0].weight), id(model.net[2].weight)}
+    assert id(model.token) in {id(p) for p in no_decay["params"]}
+
+
+def test_epoch_batches_are_seeded_full_and_differ_per_epoch():
+    a = epoch_batches(50, 8, seed=1, epoch=0)
+    assert len(a) == 6 and all(len(b) == 8 for b in a) and len(set(sum(a, []))) == 48
+    assert a == epoch_batches(50, 8, seed=1, epoch=0)
+    assert a != epoch_batches(50, 8, seed=1, epoch=1)
+    assert a != epoch_batches(50, 8, seed=2, epoch=0)
+
+
+def test_training_is_deterministic_and_loss_falls(tmp_path):
+    torch.manual_seed(0)
+    m1 = Trainer(ToyMethod(), ToyDataset(), config(max_steps=60, lr=5e-2), tmp_path / "a").fit()
+    torch.manual_seed(0)
+    m2 = Trainer(ToyMethod(), ToyDataset(), config(max_steps=60, lr=5e-2), tmp_path / "b").fit()
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    first = losses(tmp_path / "a")
+    assert np.mean(first[-5:]) < 0.5 * np.mean(first[:5])
+    assert m1["steps"] == 60 and m1["samples_per_s"] > 0 and m1["final_loss"] == pytest.approx(np.mean(first[-25:]))
+
+
+def test_resume_continues_exactly(tmp_path):
+    torch.manual_seed(0)
+    Trainer(ToyMethod(), ToyDataset(), config(), tmp_path / "full").fit()
+    reference = losses(tmp_path / "full")
+
+    run = tmp_path / "killed"
+    torch.manual_seed(0)
+    Trainer(ToyMethod(), ToyDataset(), config(), run).fit()
+    # simulate a kill after step 8: drop later checkpoints; the loss log has extra lines that must be discarded
+    for path in list_checkpoints(run):
+        if int(path.stem.split("_")[1]) > 8:
+            path.unlink()
+    torch.manual_seed(123)  # a fresh process would start from a different RNG state
+    model = ToyMethod()
+    metrics = Trainer(model, ToyDataset(), config(), run).fit()
+    assert losses(run) == reference
+    assert metrics["steps"] == 12
+
+
+def test_corrupt_newest_checkpoint_is_skipped(tmp_path):
+    torch.manual_seed(0)
+    Trainer(ToyMethod(), ToyDataset(), config(), tmp_path).fit()
+    newest = list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    path, state = latest_checkpoint(tmp_path)
+    assert path != newest and state["step"] == 8
+    with pytest.raises(CheckpointError, match=newest.name):
+        load_checkpoint(newest)
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a pc3d training checkpoint"):
+        load_checkpoint(foreign)
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        resolve_checkpoint(tmp_path / "empty_run")
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    Trainer(ToyMethod(), ToyDataset(), config(keep_last=2), tmp_path).fit()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000008.pt", "step_00000012.pt"]
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path):
+    class Exploding(ToyMethod):
+        def forward(self, batch):
+            return {"loss": super().forward(batch)["loss"] * float("nan")}
+
+    with pytest.raises(Pc3dError, match="loss became nan at step 1"):
+        Trainer(Exploding(), ToyDataset(), config(), tmp_path).fit()
+
+
+def test_bad_trainer_settings(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size=64 is larger than the dataset"):
+        Trainer(ToyMethod(), ToyDataset(40), config(batch_size=64), tmp_path)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        if torch.cuda.is_available():
+            raise ConfigError("CUDA is not available (skipped on GPU machines)")
+        Trainer(ToyMethod(), ToyDataset(), config(device="cuda"), tmp_path)
