@@ -60,8 +60,8 @@ class ObjectData:
         indices = {"train": self.train, "fit": self.fit}.get(self.pretrain_subset)
         if indices is None:
             raise ConfigError(f"data.pretrain_subset must be 'train' or 'fit', got {self.pretrain_subset!r}")
-        return ObjectDataset(self.cache.points[indices], self.cache.labels[indices], num_points=self.num_points,
-                             augment=augment, seed=self.seed)
+        return ObjectDataset(self.cache.points, self.cache.labels, num_points=self.num_points, augment=augment,
+                             seed=self.seed, indices=indices, class_names=self.class_names)
 
 
 def _split(cache: ObjectCache, num_points: int, val_fraction: float, split_seed: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -30,8 +32,9 @@ def check_pair(query_name: str, query: torch.Tensor, points_name: str, points: t
 
 def check_count(name: str, value: int, tensor_name: str, tensor: torch.Tensor) -> int:
     """Require an ``int`` with ``1 <= value <= N`` where ``tensor`` is ``(B, N, 3)``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name}: expected an int, got {type(value).__name__}")
+    value = int(value)
     n = tensor.shape[1]
     if value < 1 or value > n:
         raise ValueError(f"{name}={value}: must be in [1, N] where N={n} is the number of points "

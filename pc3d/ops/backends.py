@@ -47,8 +47,8 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
 _AUTO_ORDER: tuple[str, ...] = ("pytorch3d", "torch_cluster")
 
 _INSTALL_HINT: dict[str, str] = {
-    "pytorch3d": "pip install 'git+https://github.com/facebookresearch/pytorch3d.git@stable' "
-                 "(builds against the installed torch/CUDA)",
+    "pytorch3d": "build pytorch3d from its source release against the installed torch/CUDA "
+                 "(PyPI has no Linux wheels)",
     "torch_cluster": "pip install torch-cluster (a wheel matching the installed torch/CUDA)",
     "scipy": "pip install scipy",
 }
@@ -105,6 +105,6 @@ def resolve_backend(name: str, op: str, tensor: torch.Tensor) -> str:
         raise ConfigError(f"{where}: {op} is not implemented by {name}; "
                           f"available: {list(SUPPORTED[op])}")
     if not is_installed(name):
-        raise ConfigError(f"{where}: {name} is not installed; install it with: "
+        raise ConfigError(f"{where}: {name} is not installed; to install: "
                           f"{_INSTALL_HINT[name]} (or use backend='torch')")
     return name

@@ -35,6 +35,9 @@ def chamfer_l2(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean", backen
         ``()`` for ``"mean"``, ``(B,)`` for ``"none"``; dtype of ``a``.
     """
     check_pair("a", a, "b", b)
+    for name, cloud in (("a", a), ("b", b)):
+        if cloud.shape[1] == 0:
+            raise ValueError(f"{name}: expected at least one point, got shape {tuple(cloud.shape)}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}: expected one of {list(_REDUCTIONS)}")
     name = resolve_backend(backend, "chamfer_l2", a)

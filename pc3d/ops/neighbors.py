@@ -13,6 +13,7 @@ selection is checked against its rounding-error bound (see :func:`knn`).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 
 import torch
@@ -67,20 +68,21 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, backend: str = "auto"
         ``dist2 (B, M, k)``: squared distances, ascending, computed from the
         coordinates (exact, never negative; differentiable w.r.t. both inputs), and
         ``idx (B, M, k)`` int64 indices into ``points``. A query point that is also in
-        ``points`` is its own first neighbour (distance 0). Ties are broken by the
-        lower index.
+        ``points`` is its own first neighbour (distance 0; an identical point with a
+        lower index would come first). Tied distances are ordered by index.
 
     The pure-torch path pre-selects ``k + max(4, k // 4)`` candidates per query with
     a matmul on centred coordinates, re-ranks them by exact distance, and accepts
     the result only if the k-th exact distance is below every non-candidate's
     matmul distance minus that matmul's rounding-error bound; the (rare) rows that
     fail, e.g. clouds with many duplicate points, are redone by exact brute force.
-    So indices equal a brute-force search except among exactly tied distances.
+    So indices equal a brute-force search (stable sort of exact distances), except
+    that ties straddling the candidate cut can pick any of the tied points.
     Under a reduced float32 matmul precision (TF32/bf16) the exact form is used
     throughout.
     """
     check_pair("query", query, "points", points)
-    check_count("k", k, "points", points)
+    k = check_count("k", k, "points", points)
     name = resolve_backend(backend, "knn", points)
     if name == "torch":
         idx = _knn_torch_idx(query, points, k, chunk_floats or CHUNK_FLOATS)
@@ -108,7 +110,7 @@ def ball_query(query: torch.Tensor, points: torch.Tensor, radius: float, k: int,
     repeat the first neighbour found. A query with no point in its ball gets ``-1``
     in every slot (pointnet2_ops would leave ``0`` there, silently pointing at
     point 0); mask those rows before :func:`gather_points`. A query that is also in
-    ``points`` always finds itself.
+    ``points`` is never empty.
 
     Args:
         query: ``(B, M, 3)`` floating tensor.
@@ -122,8 +124,8 @@ def ball_query(query: torch.Tensor, points: torch.Tensor, radius: float, k: int,
         ``(B, M, k)`` int64 indices into ``points`` (``-1`` for empty balls).
     """
     check_pair("query", query, "points", points)
-    check_count("k", k, "points", points)
-    if not isinstance(radius, (int, float)) or isinstance(radius, bool) or not radius > 0:
+    k = check_count("k", k, "points", points)
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not radius > 0:
         raise ValueError(f"radius={radius!r}: expected a positive number")
     name = resolve_backend(backend, "ball_query", points)
     if name == "pytorch3d":
@@ -182,18 +184,49 @@ def exact_sqdist_matrix(query: torch.Tensor, points_t: torch.Tensor) -> torch.Te
     return d2
 
 
-#: On CPU the distance blocks are cut further to about this many entries (512 KiB in
-#: float32) so that each one is still in cache when it is reduced: measured 0.4 vs
-#: 3 ns per entry for matmul + min on 2^17- vs 2^25-entry blocks.
-CACHE_ENTRIES = 1 << 17
+#: On CPU the distance blocks of the nearest-only search (Chamfer) and of the ball
+#: query are cut further to about this many entries (4 MiB in float32), so a block is
+#: still in cache when it is reduced and each op stays big enough to amortise a
+#: thread hand-off. Measured, 8x8192 Chamfer on 2 shared cores:
+#: 1 thread ~0.9 s for 2^17..2^21 (2.8 s at 2^23); 2 threads 1.3-5 s at 2^21 but
+#: 15 s at 2^15 (every op's thread hand-off costs up to a scheduler tick when the
+#: other core is busy).
+CACHE_ENTRIES = 1 << 20
 
 #: matmul candidate distances are within ``_ERR_FACTOR * eps * (|q'| + max|p'|)^2`` of the
 #: exact ones (centring, the 5-term dot product and the norms add up to ~8 eps; 2x margin).
 _ERR_FACTOR = 16.0
 
 
-def _sub_budget(budget: int, device: torch.device) -> int:
-    return min(budget, CACHE_ENTRIES) if device.type == "cpu" else budget
+#: The same for the kNN candidate search (topk dominates there; smaller blocks only
+#: save memory and add ops).
+TOPK_ENTRIES = 1 << 22
+
+
+def _sub_budget(budget: int, device: torch.device, entries: int | None = None) -> int:
+    return min(budget, entries or CACHE_ENTRIES) if device.type == "cpu" else budget
+
+
+def matmul_operands(q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Operands of :func:`approx_sqdist_matrix` for ``q (B, M, 3)``, ``p (B, N, 3)``, and its error bound.
+
+    Coordinates are centred on each cloud's mean first (smaller rounding error).
+
+    Returns:
+        ``q_aug (B, M, 5)`` = ``[q', |q'|^2, 1]``, ``p_aug (B, N, 5)`` = ``[-2p', 1, |p'|^2]``
+        (``bmm(q_aug, p_aug^T)`` is the squared distance), and ``tolerance (B, M)``: for
+        every point, ``|matmul distance - exact distance| <= tolerance`` of the query row.
+    """
+    batch, m, _ = q.shape
+    n = p.shape[1]
+    centre = p.mean(dim=1, keepdim=True)
+    qc, pc = q - centre, p - centre
+    q_sq, p_sq = sqdist_pairs(qc, 0.0), sqdist_pairs(pc, 0.0)  # (B, M), (B, N)
+    q_aug = torch.cat([qc, q_sq.unsqueeze(-1), q_sq.new_ones(batch, m, 1)], dim=-1)
+    p_aug = torch.cat([-2.0 * pc, p_sq.new_ones(batch, n, 1), p_sq.unsqueeze(-1)], dim=-1)
+    # _ERR_FACTOR * eps * (|q'| + max|p'|)^2, using (a + b)^2 <= 2 (a^2 + b^2)
+    tolerance = (2 * _ERR_FACTOR * torch.finfo(q.dtype).eps) * (q_sq + p_sq.amax(dim=1, keepdim=True))
+    return q_aug, p_aug, tolerance
 
 
 def _matmul_is_full_precision(dtype: torch.dtype) -> bool:
@@ -209,11 +242,10 @@ def _knn_torch_idx(query: torch.Tensor, points: torch.Tensor, k: int, budget: in
     n = p.shape[1]
     num_cand = min(n, k + max(4, k // 4))
     out = torch.empty(batch, m, k, dtype=torch.long, device=q.device)
-    sub = _sub_budget(budget, q.device)
 
     if num_cand == n:  # every point is a candidate: rank them all exactly
         every = torch.arange(n, device=q.device)
-        for b0, b1, r0, r1 in iter_chunks(batch, m, n, budget, per_entry=6):
+        for b0, b1, r0, r1 in iter_chunks(batch, m, n, budget, per_entry=8):
             cand = every.expand(b1 - b0, r1 - r0, n)
             out[b0:b1, r0:r1], _ = _rank_exact(q[b0:b1, r0:r1], p[b0:b1], cand, k)
         return out
@@ -222,21 +254,13 @@ def _knn_torch_idx(query: torch.Tensor, points: torch.Tensor, k: int, budget: in
         p_t = p.transpose(1, 2).contiguous()  # (B, 3, N)
         for b0, b1, r0, r1 in iter_chunks(batch, m, n, budget, per_entry=2):
             q_chunk = q[b0:b1, r0:r1]
-            cand = torch.empty(b1 - b0, r1 - r0, num_cand, dtype=torch.long, device=q.device)
-            for s0, s1, t0, t1 in iter_chunks(b1 - b0, r1 - r0, n, sub, per_entry=2):
-                d2 = exact_sqdist_matrix(q_chunk[s0:s1, t0:t1], p_t[b0 + s0:b0 + s1])
-                cand[s0:s1, t0:t1] = d2.topk(num_cand, dim=-1, largest=False, sorted=False).indices
+            d2 = exact_sqdist_matrix(q_chunk, p_t[b0:b1])
+            cand = d2.topk(num_cand, dim=-1, largest=False, sorted=False).indices
+            del d2
             out[b0:b1, r0:r1], _ = _rank_exact(q_chunk, p[b0:b1], cand, k)
         return out
 
-    # matmul pre-selection on coordinates centred per cloud (smaller rounding error)
-    centre = p.mean(dim=1, keepdim=True)
-    qc, pc = q - centre, p - centre
-    q_sq, p_sq = sqdist_pairs(qc, 0.0), sqdist_pairs(pc, 0.0)  # (B, M), (B, N)
-    q_aug = torch.cat([qc, q_sq.unsqueeze(-1), q_sq.new_ones(batch, m, 1)], dim=-1)  # (B, M, 5)
-    p_aug = torch.cat([-2.0 * pc, p_sq.new_ones(batch, n, 1), p_sq.unsqueeze(-1)], dim=-1)  # (B, N, 5)
-    reach = q_sq.sqrt() + p_sq.amax(dim=1, keepdim=True).sqrt()
-    tolerance = _ERR_FACTOR * torch.finfo(work).eps * reach * reach  # (B, M)
+    q_aug, p_aug, tolerance = matmul_operands(q, p)
     block = 0
     if k == 1:
         # nearest only: keep the minimum of each block of `block` points per query (a
@@ -255,14 +279,14 @@ def _knn_torch_idx(query: torch.Tensor, points: torch.Tensor, k: int, budget: in
         q_chunk, qa_chunk, pa_t = q[b0:b1, r0:r1], q_aug[b0:b1, r0:r1], p_aug_t[b0:b1]
         if block:
             block_min = q.new_empty(b1 - b0, r1 - r0, cols // block)
-            for s0, s1, t0, t1 in iter_chunks(b1 - b0, r1 - r0, cols, sub):
+            for s0, s1, t0, t1 in iter_chunks(b1 - b0, r1 - r0, cols, _sub_budget(budget, q.device)):
                 d2 = approx_sqdist_matrix(qa_chunk[s0:s1, t0:t1], pa_t[s0:s1])
                 block_min[s0:s1, t0:t1] = d2.view(s1 - s0, t1 - t0, -1, block).amin(dim=-1)
             idx, exact, rest = _nearest_in_best_block(q_chunk, p_blocks[b0:b1], block_min, budget)
         else:
             cand = torch.empty(b1 - b0, r1 - r0, num_cand, dtype=torch.long, device=q.device)
             rest = q.new_empty(b1 - b0, r1 - r0)  # largest candidate matmul distance
-            for s0, s1, t0, t1 in iter_chunks(b1 - b0, r1 - r0, cols, sub):
+            for s0, s1, t0, t1 in iter_chunks(b1 - b0, r1 - r0, cols, _sub_budget(budget, q.device, TOPK_ENTRIES)):
                 d2 = approx_sqdist_matrix(qa_chunk[s0:s1, t0:t1], pa_t[s0:s1])
                 values, cand[s0:s1, t0:t1] = d2.topk(num_cand, dim=-1, largest=False, sorted=False)
                 rest[s0:s1, t0:t1] = values.amax(dim=-1)
@@ -303,9 +327,10 @@ def _nearest_in_best_block(q: torch.Tensor, p_blocks: torch.Tensor, block_min: t
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         pts = p_blocks[cloud[r0:r1], best_flat[r0:r1]]  # (r, block, 3)
-        values, inside = sqdist_pairs(q_flat[r0:r1].unsqueeze(1), pts).min(dim=-1)  # first minimum
-        exact[r0:r1] = values
-        idx[r0:r1] = best_flat[r0:r1] * block + inside
+        d2 = sqdist_pairs(q_flat[r0:r1].unsqueeze(1), pts)  # (r, block)
+        inside = d2.argmin(dim=-1, keepdim=True)  # first minimum (min(dim) is slow on CPU threads)
+        exact[r0:r1] = d2.gather(-1, inside).squeeze(-1)
+        idx[r0:r1] = best_flat[r0:r1] * block + inside.squeeze(-1)
     return idx.view(b, m, 1), exact.view(b, m, 1), rest
 
 

@@ -30,7 +30,7 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int, backend: str =
         (gather the coordinates with :func:`pc3d.ops.gather_points`).
     """
     check_points("points", points)
-    check_count("num_samples", num_samples, "points", points)
+    num_samples = check_count("num_samples", num_samples, "points", points)
     name = resolve_backend(backend, "farthest_point_sample", points)
     if name == "pytorch3d":
         return _fps_pytorch3d(points, num_samples)
@@ -43,25 +43,29 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-# ATen runs an elementwise op on one thread when it has at most this many elements
-# (at::internal::GRAIN_SIZE). FPS is a long chain of small ops; on CPU each op is kept
-# at or under it, because a thread hand-off per op costs far more than the op itself
-# when the cores are shared with other processes (measured on 2 busy cores for
-# 32x1024->64: 8 ms with one cloud group per 32768 elements vs 460 ms for one op
-# over the whole batch on 2 threads).
+# ATen runs an elementwise op on one thread when it has at most this many elements,
+# a reduction when it has fewer (at::internal::GRAIN_SIZE). FPS is a long chain of
+# small ops; on CPU each op is kept that small, because a thread hand-off costs far
+# more than the op itself when the cores are shared with other processes (measured
+# on 2 busy cores, 2 torch threads, 32x1024->64: 6-10 ms this way vs 460-500 ms with
+# ops over the whole batch: each parallel op waited ~8 ms for the second core).
 _SERIAL_NUMEL = 32768
 
 
 @torch.no_grad()
 def _fps_torch(points: torch.Tensor, num_samples: int) -> torch.Tensor:
     batch, n, _ = points.shape
-    # coordinate-major layout (3, B, N): each coordinate plane is contiguous
-    xyz = points.detach().to(_work_dtype(points.dtype)).permute(2, 0, 1).contiguous()
-    chosen = torch.zeros(batch, num_samples, dtype=torch.long, device=points.device)
-    group = batch if points.device.type != "cpu" else max(1, _SERIAL_NUMEL // n)
+    device = points.device
+    work = points.detach().to(_work_dtype(points.dtype))
+    chosen = torch.zeros(batch, num_samples, dtype=torch.long, device=device)
+    group = batch if device.type != "cpu" else max(1, _SERIAL_NUMEL // n)
     for start in range(0, batch, group):
         stop = min(batch, start + group)
-        _fps_group(xyz[:, start:stop].contiguous(), chosen[start:stop], num_samples)
+        # coordinate-major copy (3, G, N), one plane at a time (each copy stays serial)
+        xyz = torch.empty(3, stop - start, n, dtype=work.dtype, device=device)
+        for c in range(3):
+            xyz[c].copy_(work[start:stop, :, c])
+        _fps_group(xyz, chosen[start:stop], num_samples)
     return chosen
 
 
@@ -82,6 +86,10 @@ def _fps_group(xyz: torch.Tensor, chosen: torch.Tensor, num_samples: int) -> Non
     blocks = store.view(g, num_blocks, block)
     block_rows = store.view(g * num_blocks, block)
     block_offsets = torch.arange(0, g * num_blocks, num_blocks, device=device)
+    block_max = torch.empty(g, num_blocks, dtype=dtype, device=device)
+    # reductions (unlike elementwise ops) go parallel from _SERIAL_NUMEL elements on
+    pieces = -(-(g * num_blocks * block) // (_SERIAL_NUMEL - 1)) if device.type == "cpu" else 1
+    rows_per_piece = -(-g // pieces)
     d2 = torch.empty(g, n, dtype=dtype, device=device)
     tmp = torch.empty_like(d2)
     flat_idx = offsets.clone()  # flat index of the newest centre (index 0 of each cloud)
@@ -99,7 +107,9 @@ def _fps_group(xyz: torch.Tensor, chosen: torch.Tensor, num_samples: int) -> Non
             min_d2.copy_(d2)
         else:
             torch.minimum(min_d2, d2, out=min_d2)
-        best_block = blocks.amax(2).argmax(1)  # (G,) first block holding the maximum
+        for r0 in range(0, g, rows_per_piece):
+            torch.amax(blocks[r0:r0 + rows_per_piece], dim=2, out=block_max[r0:r0 + rows_per_piece])
+        best_block = block_max.argmax(1)  # (G,) first block holding the maximum
         in_block = block_rows.index_select(0, best_block + block_offsets).argmax(1)
         farthest = in_block.add_(best_block * block)  # (G,) first index of the maximum
         chosen[:, step] = farthest
