@@ -129,7 +129,8 @@ def run_probe(cfg) -> dict[str, Any]:
     metrics["feature_dim"] = int(features.shape[1])
     metrics["wall_s"] = time.perf_counter() - started
     _finish_run(out, metrics)
-    line = f"probe ({data.cache.manifest.get('name', 'data')}, {len(data.val)} val shapes): "
+    source = str(data.cache.manifest.get("source", "data")).split(" ")[0]
+    line = f"probe ({Path(source).name}, {len(data.val)} val shapes): "
     for split in ("val", "test"):
         if f"{split}_accuracy" in metrics:
             line += f"{split} accuracy {'pretrained' if 'pretrained' in results else 'random'} " \
