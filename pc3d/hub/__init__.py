@@ -1,5 +1,18 @@
-"""Checkpoint import/export: rebuild an encoder from what pc3d saved."""
+"""Checkpoint import/export.
 
-from pc3d.hub.encoders import build_encoder, encoder_state_from_checkpoint, load_encoder
+- :func:`load_encoder` rebuilds an encoder from a pc3d training checkpoint or run directory,
+  a pc3d encoder file (``.safetensors``) or an original Point-MAE checkpoint (``format="auto"``
+  detects which); nothing pickled is executed.
+- :func:`save_encoder` writes a self-contained, pickle-free encoder file (weights + config).
+- :func:`import_point_mae_model` / :func:`export_point_mae`: the whole Point-MAE pretraining
+  model from / to the original code's checkpoint layout.
+"""
 
-__all__ = ["build_encoder", "encoder_state_from_checkpoint", "load_encoder"]
+from pc3d.hub.encoder_file import read_encoder_file, save_encoder
+from pc3d.hub.encoders import (FORMATS, EncoderCheckpoint, build_encoder, encoder_config_from_checkpoint,
+                               encoder_state_from_checkpoint, load_encoder, read_encoder_checkpoint)
+from pc3d.hub.point_mae import export_point_mae, import_point_mae_model
+
+__all__ = ["FORMATS", "EncoderCheckpoint", "build_encoder", "encoder_config_from_checkpoint",
+           "encoder_state_from_checkpoint", "export_point_mae", "import_point_mae_model", "load_encoder",
+           "read_encoder_checkpoint", "read_encoder_file", "save_encoder"]

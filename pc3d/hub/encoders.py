@@ -1,29 +1,61 @@
-"""Encoders from configs and from pc3d training checkpoints.
+"""Encoders from configs and from checkpoint files of every format pc3d reads.
 
-A training checkpoint stores the resolved run config; its ``encoder`` node
-(a Hydra ``_target_`` + arguments) rebuilds the architecture, and the method's
-``encoder.*`` weights fill it.
+Formats (``format=`` of :func:`load_encoder`):
+- ``pc3d-checkpoint``: a pc3d training checkpoint file or run directory (its newest
+  loadable checkpoint). Its resolved run config's ``encoder`` node (a Hydra ``_target_`` +
+  arguments) rebuilds the architecture, and the method's ``encoder.*`` weights fill it.
+- ``pc3d-encoder``: a ``.safetensors`` file written by :func:`~pc3d.hub.save_encoder`
+  (weights + config in its metadata; see :mod:`pc3d.hub.encoder_file`).
+- ``point-mae``: an original Point-MAE pretraining checkpoint (see :mod:`pc3d.hub.point_mae`).
+- ``auto`` (default): a directory is a run directory; a ``.safetensors`` suffix or a
+  safetensors header is ``pc3d-encoder``; a torch file is loaded with
+  ``torch.load(weights_only=True)`` and is ``pc3d-checkpoint`` if it says so
+  (``format == "pc3d-checkpoint"``), ``point-mae`` if its (``base_model``) state dict has
+  ``MAE_encoder.*`` keys, otherwise a :class:`CheckpointError` listing these formats.
+No format runs pickled code, and a stored ``_target_`` must be a pc3d encoder class
+(:func:`~pc3d.hub.weights.check_stored_target`), so a file cannot make pc3d call anything else.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
-from pc3d.errors import CheckpointError
-from pc3d.train.checkpoint import load_checkpoint, resolve_checkpoint
-from pc3d.utils.config import call_target
+from pc3d.errors import CheckpointError, ConfigError
+from pc3d.hub.encoder_file import ENCODER_FILE_FORMAT, looks_like_safetensors, read_encoder_file
+from pc3d.hub.point_mae import (POINT_MAE_FORMAT, encoder_display, encoder_weights, infer_encoder_config,
+                                point_mae_state)
+from pc3d.hub.weights import build_encoder, check_stored_target, load_weights, read_torch_file
+from pc3d.train.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint
 
 ENCODER_PREFIX = "encoder."
+FORMATS = ("auto", CHECKPOINT_FORMAT, ENCODER_FILE_FORMAT, POINT_MAE_FORMAT)
+KNOWN_FORMATS = (f"{CHECKPOINT_FORMAT} (pc3d training checkpoint or run directory), "
+                 f"{ENCODER_FILE_FORMAT} (.safetensors from pc3d.hub.save_encoder), "
+                 f"{POINT_MAE_FORMAT} (original Point-MAE pretraining checkpoint)")
+
+__all__ = ["FORMATS", "EncoderCheckpoint", "build_encoder", "encoder_config_from_checkpoint",
+           "encoder_state_from_checkpoint", "load_encoder", "read_encoder_checkpoint"]
 
 
-def build_encoder(config: Mapping[str, Any] | DictConfig) -> nn.Module:
-    """Instantiate an encoder from its config node (``_target_`` + constructor arguments)."""
-    return call_target(config, "encoder")
+@dataclass
+class EncoderCheckpoint:
+    """What a checkpoint holds for an encoder, in pc3d terms.
+
+    ``config`` is the encoder's config node (overrides applied), ``weights`` its state dict in
+    the encoder's key names, ``display`` how a key is named in messages (the file's spelling).
+    """
+
+    file: Path
+    format: str
+    config: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    display: Callable[[str], str] | None = None
 
 
 def encoder_state_from_checkpoint(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -32,36 +64,119 @@ def encoder_state_from_checkpoint(state: Mapping[str, Any]) -> dict[str, torch.T
     return {k[len(ENCODER_PREFIX):]: v for k, v in model.items() if k.startswith(ENCODER_PREFIX)}
 
 
-def load_encoder(path: str | os.PathLike, strict: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the encoder of a pc3d checkpoint file or run directory.
-
-    Returns:
-        the encoder (eval mode, on CPU) and its config node as a plain dict.
-    Raises:
-        CheckpointError: unreadable file, no encoder config, or weights that do not
-            fit the architecture (missing/unexpected keys and shape mismatches by name).
-    """
-    file = resolve_checkpoint(path)
-    state = load_checkpoint(file)
+def _from_pc3d_checkpoint(file: Path, state: Mapping[str, Any]) -> EncoderCheckpoint:
     config = (state.get("config") or {}).get("encoder")
     if not config:
         raise CheckpointError(f"{file}: checkpoint carries no encoder config")
-    encoder = build_encoder(config)
-    weights = encoder_state_from_checkpoint(state)
-    expected = encoder.state_dict()
-    problems = []
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    mismatched = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in weights and weights[k].shape != v.shape]
-    if missing:
-        problems.append(f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    if unexpected:
-        problems.append(f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    if mismatched:
-        problems.append(f"shape mismatch {mismatched[:5]}")
-    if problems and strict:
-        raise CheckpointError(f"{file}: encoder weights do not fit {config['_target_']}: " + "; ".join(problems))
-    usable = {k: v for k, v in weights.items() if k in expected and expected[k].shape == v.shape}
-    encoder.load_state_dict(usable, strict=False)
-    return encoder.eval(), dict(config)
+    return EncoderCheckpoint(file, CHECKPOINT_FORMAT, dict(config), encoder_state_from_checkpoint(state))
+
+
+def _from_point_mae(file: Path, state: Mapping[str, torch.Tensor]) -> EncoderCheckpoint:
+    return EncoderCheckpoint(file, POINT_MAE_FORMAT, infer_encoder_config(state, str(file)),
+                             encoder_weights(state), encoder_display)
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Zip-based torch.save (``PK``) or the legacy pickle stream (protocol marker 0x80)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
+
+
+def _read(path: Path, format: str) -> EncoderCheckpoint:
+    if path.is_dir():
+        if format not in ("auto", CHECKPOINT_FORMAT):
+            raise CheckpointError(f"{path}: is a directory; format '{format}' expects a file")
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: run directory has no readable checkpoint in checkpoints/")
+        return _from_pc3d_checkpoint(*found)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    if format == "auto" and (path.suffix == ".safetensors" or looks_like_safetensors(path)):
+        format = ENCODER_FILE_FORMAT
+    if format == ENCODER_FILE_FORMAT:
+        config, weights = read_encoder_file(path)
+        return EncoderCheckpoint(path, ENCODER_FILE_FORMAT, config, weights)
+    if format == "auto" and not _is_torch_file(path):
+        raise CheckpointError(f"{path}: unknown checkpoint format (neither safetensors nor a torch file); "
+                              f"known formats: {KNOWN_FORMATS}")
+    obj = read_torch_file(path)  # read once; the content decides (auto) or must fit the forced format
+    is_pc3d = isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
+    if format == CHECKPOINT_FORMAT and not is_pc3d:
+        raise CheckpointError(f"{path}: not a pc3d training checkpoint (expected format '{CHECKPOINT_FORMAT}')")
+    if is_pc3d and format != POINT_MAE_FORMAT:
+        return _from_pc3d_checkpoint(path, obj)
+    state = point_mae_state(obj)
+    if state is not None:
+        return _from_point_mae(path, state)
+    if format == POINT_MAE_FORMAT:
+        raise CheckpointError(f"{path}: not a Point-MAE pretraining checkpoint "
+                              "(expected a 'base_model' state dict with MAE_encoder.* keys)")
+    raise CheckpointError(f"{path}: unknown checkpoint format; known formats: {KNOWN_FORMATS}")
+
+
+def read_encoder_checkpoint(path: str | os.PathLike, format: str = "auto",
+                            config_overrides: Mapping[str, Any] | None = None) -> EncoderCheckpoint:
+    """Read the encoder config and weights of a checkpoint of any known format (see module docstring).
+
+    Args:
+        format: ``"auto"`` or one of ``pc3d-checkpoint``, ``pc3d-encoder``, ``point-mae``.
+        config_overrides: keys replacing those of the stored or inferred config node (e.g.
+            ``{"feature_layers": [3, 7]}``, or ``{"num_heads": 12}`` for a Point-MAE file whose
+            head count is not the paper's). A stored ``_target_`` must be a pc3d encoder class
+            unless the overrides name the ``_target_`` themselves.
+    Raises:
+        ConfigError: unknown ``format`` value.
+        CheckpointError: missing, unreadable, truncated or unrecognised file (named).
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"format: unknown value {format!r} (accepted: {', '.join(FORMATS)})")
+    checkpoint = _read(Path(path), format)
+    if "_target_" not in (config_overrides or {}):
+        check_stored_target(checkpoint.config, str(checkpoint.file))
+    checkpoint.config.update(config_overrides or {})
+    return checkpoint
+
+
+def encoder_config_from_checkpoint(path: str | os.PathLike, format: str = "auto",
+                                   config_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The encoder config node a checkpoint rebuilds (``{"_target_": ..., ...}``); nothing is built.
+
+    A pc3d encoder file is read header-only; the other formats are loaded (weights-only).
+    """
+    path = Path(path)
+    if format == ENCODER_FILE_FORMAT or (format == "auto" and path.is_file()
+                                         and (path.suffix == ".safetensors" or looks_like_safetensors(path))):
+        config = read_encoder_file(path, weights=False)[0]
+        if "_target_" not in (config_overrides or {}):
+            check_stored_target(config, str(path))
+        config.update(config_overrides or {})
+        return config
+    return read_encoder_checkpoint(path, format, config_overrides).config
+
+
+def load_encoder(path: str | os.PathLike, strict: bool = True, format: str = "auto",
+                 config_overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the encoder of a checkpoint: pc3d run/checkpoint, pc3d encoder file or Point-MAE file.
+
+    Args:
+        path: checkpoint file or run directory.
+        strict: raise on missing, unexpected or wrongly shaped weights; False loads every
+            tensor whose name and shape fit and leaves the rest at their initial values.
+        format: ``"auto"`` (detect, see module docstring) or a format name to force.
+        config_overrides: see :func:`read_encoder_checkpoint`.
+    Returns:
+        the encoder (eval mode, on CPU) and its config node as a plain dict.
+    Raises:
+        CheckpointError: unreadable or unrecognised file, no encoder config, or (``strict``)
+            weights that do not fit the architecture, by name.
+    """
+    checkpoint = read_encoder_checkpoint(path, format, config_overrides)
+    encoder = build_encoder(checkpoint.config)
+    load_weights(encoder, checkpoint.weights, strict=strict, source=str(checkpoint.file),
+                 target=checkpoint.config["_target_"], what="encoder weights", display=checkpoint.display)
+    return encoder.eval(), dict(checkpoint.config)

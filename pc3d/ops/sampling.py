@@ -8,6 +8,7 @@ import torch
 
 from pc3d.ops._checks import check_count, check_points
 from pc3d.ops.backends import resolve_backend
+from pc3d.ops.neighbors import _work_dtype
 
 
 def farthest_point_sample(points: torch.Tensor, num_samples: int, backend: str = "auto") -> torch.Tensor:
@@ -37,10 +38,6 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int, backend: str =
     if name == "torch_cluster":
         return _fps_torch_cluster(points, num_samples)
     return _fps_torch(points, num_samples)
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 # ATen runs an elementwise op on one thread when it has at most this many elements,

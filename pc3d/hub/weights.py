@@ -1,0 +1,119 @@
+"""Shared pieces of the hub: build an encoder from its config node, vet a ``_target_`` read from a
+file, read a torch file without running pickle code, and fit a state dict into a module with every
+problem reported by name."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from hydra.utils import get_object
+from omegaconf import DictConfig
+from torch import nn
+
+from pc3d.errors import CheckpointError
+from pc3d.utils.config import call_target
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
+TRUSTED_TARGET_MODULES = ("pc3d.encoders.",)
+
+
+def build_encoder(config: Mapping[str, Any] | DictConfig) -> nn.Module:
+    """Instantiate an encoder from its config node (``_target_`` + constructor arguments)."""
+    return call_target(config, "encoder")
+
+
+def check_stored_target(config: Mapping[str, Any], source: str) -> None:
+    """A ``_target_`` read from a file must be an encoder class of pc3d.
+
+    Building calls ``_target_`` with the stored arguments, so an unchecked target would make a
+    weights-only file run arbitrary functions (``os.system``, a file writer, ...). Accepted:
+    ``nn.Module`` subclasses defined in a module under ``pc3d.encoders``. A caller who wants
+    another class passes it explicitly (``config_overrides={"_target_": ...}``).
+    """
+    target = config.get("_target_")
+    refused = CheckpointError(f"{source}: stored encoder _target_={target!r} is not a pc3d encoder class "
+                              "(refused: building it would run it); pass config_overrides={'_target_': ...} "
+                              "to choose the class yourself")
+    if not isinstance(target, str) or not target.startswith(TRUSTED_TARGET_MODULES):
+        raise refused
+    try:
+        obj = get_object(target)
+    except Exception:  # unimportable: call_target reports it as a ConfigError with the reason
+        return
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)
+            and obj.__module__.startswith(TRUSTED_TARGET_MODULES)):
+        raise refused
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (torch/safetensors messages run over many lines)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; any failure is a one-line :class:`CheckpointError`.
+
+    ``weights_only=True`` unpickles only tensors and plain containers, so no code stored in the
+    file runs; a file that needs more (pickled classes) is refused and the class is named.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if found:
+            raise CheckpointError(f"{path}: holds pickled Python objects ({found.group(1)}) that a weights-only "
+                                  "load refuses; pc3d never runs pickle code from a checkpoint") from exc
+        detail = _UNPICKLER_DETAIL.search(str(exc))
+        reason = f"UnpicklingError: {detail.group(1)}" if detail else one_line(exc)
+        raise CheckpointError(f"{path}: not a readable torch file ({reason})") from exc
+    except Exception as exc:  # torch raises many types for truncated zip / corrupt pickle data
+        raise CheckpointError(f"{path}: not a readable torch file ({one_line(exc)})") from exc
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    return f"{names[:limit]}{'...' if len(names) > limit else ''}"
+
+
+def load_weights(module: nn.Module, weights: Mapping[str, torch.Tensor], *, strict: bool, source: str,
+                 target: str, what: str = "weights", display: Callable[[str], str] | None = None) -> nn.Module:
+    """Copy ``weights`` into ``module``; report missing, unexpected and wrongly shaped keys by name.
+
+    Args:
+        weights: state dict in ``module``'s key names.
+        strict: raise on any problem; otherwise load every tensor whose name and shape fit.
+        source: file name for the message; target: what is being filled (``_target_``);
+            what: what the weights are (``"encoder weights"``).
+        display: how a key is shown in messages (importers show the key as the file spells it).
+    Raises:
+        CheckpointError: ``strict`` and the weights do not fit.
+    """
+    show = display or (lambda key: key)
+    expected = module.state_dict()
+    missing = sorted(show(k) for k in set(expected) - set(weights))
+    unexpected = sorted(show(k) for k in set(weights) - set(expected))
+    mismatched = [f"{show(k)} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in weights and weights[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch {_listed(mismatched)}")
+    if problems and strict:
+        raise CheckpointError(f"{source}: {what} do not fit {target}: " + "; ".join(problems))
+    usable = {k: v for k, v in weights.items() if k in expected and expected[k].shape == v.shape}
+    module.load_state_dict(usable, strict=False)
+    return module
