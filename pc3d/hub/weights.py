@@ -4,10 +4,6 @@ problem reported by name."""
 
 from __future__ import annotations
 
-import os
-import pickle
-import re
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -16,11 +12,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pc3d.errors import CheckpointError
+from pc3d.train.checkpoint import one_line, read_torch_file  # noqa: F401  (re-exported for hub modules)
+
+TRUSTED_TARGET_MODULES = ("pc3d.encoders.",)
 from pc3d.utils.config import call_target
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
-TRUSTED_TARGET_MODULES = ("pc3d.encoders.",)
 
 
 def build_encoder(config: Mapping[str, Any] | DictConfig) -> nn.Module:
@@ -49,37 +45,6 @@ def check_stored_target(config: Mapping[str, Any], source: str) -> None:
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)
             and obj.__module__.startswith(TRUSTED_TARGET_MODULES)):
         raise refused
-
-
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message`` (torch/safetensors messages run over many lines)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def read_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU; any failure is a one-line :class:`CheckpointError`.
-
-    ``weights_only=True`` unpickles only tensors and plain containers, so no code stored in the
-    file runs; a file that needs more (pickled classes) is refused and the class is named.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = _UNSUPPORTED_GLOBAL.search(str(exc))
-        if found:
-            raise CheckpointError(f"{path}: holds pickled Python objects ({found.group(1)}) that a weights-only "
-                                  "load refuses; pc3d never runs pickle code from a checkpoint") from exc
-        detail = _UNPICKLER_DETAIL.search(str(exc))
-        reason = f"UnpicklingError: {detail.group(1)}" if detail else one_line(exc)
-        raise CheckpointError(f"{path}: not a readable torch file ({reason})") from exc
-    except Exception as exc:  # torch raises many types for truncated zip / corrupt pickle data
-        raise CheckpointError(f"{path}: not a readable torch file ({one_line(exc)})") from exc
 
 
 def _listed(names: list[str], limit: int = 5) -> str:

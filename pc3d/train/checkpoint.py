@@ -9,6 +9,7 @@ They are read with ``torch.load(weights_only=True)``: no pickled code runs.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -25,6 +26,8 @@ CHECKPOINT_FORMAT = "pc3d-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 log = get_logger(__name__)
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
@@ -51,15 +54,41 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a pc3d checkpoint; a missing, truncated or foreign file raises :class:`CheckpointError`."""
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (torch/safetensors messages run over many lines)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; any failure is a one-line :class:`CheckpointError`.
+
+    ``weights_only=True`` unpickles only tensors and plain containers, so no code stored in the
+    file runs; a file that needs more (pickled classes) is refused and the class is named.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt zip/pickle data
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if found:
+            raise CheckpointError(f"{path}: holds pickled Python objects ({found.group(1)}) that a weights-only "
+                                  "load refuses; pc3d never runs pickle code from a checkpoint") from exc
+        detail = _UNPICKLER_DETAIL.search(str(exc))
+        reason = f"UnpicklingError: {detail.group(1)}" if detail else one_line(exc)
+        raise CheckpointError(f"{path}: not a readable torch file ({reason})") from exc
+    except Exception as exc:  # torch raises many types for truncated zip / corrupt pickle data
+        raise CheckpointError(f"{path}: not a readable torch file ({one_line(exc)})") from exc
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a pc3d checkpoint; a missing, truncated or foreign file raises :class:`CheckpointError`."""
+    path = Path(path)
+    state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a pc3d training checkpoint (expected format '{CHECKPOINT_FORMAT}')")
     return state
