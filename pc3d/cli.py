@@ -53,28 +53,45 @@ def compose(name: str, overrides: Sequence[str]):
     return cfg
 
 
+def _is_main_process() -> bool:
+    from pc3d.train.distributed import current_context
+
+    return current_context().is_main
+
+
 def _start_run(cfg) -> Path:
+    """Write the resolved ``config.yaml`` to ``out_dir`` (rank 0 of a multi-process run only)."""
     from omegaconf import OmegaConf
 
     from pc3d.utils.atomic import atomic_write
 
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "config.yaml", "w") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    if _is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "config.yaml", "w") as handle:
+            handle.write(OmegaConf.to_yaml(cfg, resolve=True))
     return out
 
 
 def _finish_run(out: Path, metrics: dict[str, Any]) -> None:
     from pc3d.utils.atomic import atomic_write_json
 
-    atomic_write_json(out / "metrics.json", metrics)
+    if _is_main_process():
+        atomic_write_json(out / "metrics.json", metrics)
+
+
+def _report(line: str) -> None:
+    if _is_main_process():
+        print(line)
 
 
 def run_pretrain(cfg) -> dict[str, Any]:
+    """Pretraining; under ``torchrun`` every process runs this and DDP joins them."""
     from pc3d.train import Trainer, TrainerConfig
+    from pc3d.train.distributed import init_distributed
     from pc3d.utils.config import call_target, seed_everything, to_plain
 
+    init_distributed(str(cfg.device))
     seed_everything(cfg.seed)
     data = call_target(cfg.data, "data")
     encoder = call_target(cfg.encoder, "encoder")
@@ -85,8 +102,8 @@ def run_pretrain(cfg) -> dict[str, Any]:
     out = _start_run(cfg)  # only once every input has been validated: a failed start leaves no output
     metrics = trainer.fit()
     _finish_run(out, metrics)
-    print(f"pretrain: {metrics['steps']} steps, final loss {metrics['final_loss']:.5f}, "
-          f"{metrics['samples_per_s']:.1f} samples/s, {metrics['wall_s']:.0f} s → {out}")
+    _report(f"pretrain: {metrics['steps']} steps, final loss {metrics['final_loss']:.5f}, "
+            f"{metrics['samples_per_s']:.1f} samples/s, {metrics['wall_s']:.0f} s → {out}")
     return metrics
 
 
@@ -173,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, overrides = args[0], args[1:]
+    from pc3d.train.distributed import shutdown_distributed
+
     try:
         if command == "prep":
             if not overrides or "=" in overrides[0]:
@@ -194,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pc3d: interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown_distributed()
     return 0
 
 

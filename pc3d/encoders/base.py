@@ -51,10 +51,12 @@ class EncoderOutput:
         levels: feature levels, finest (or earliest layer) first; ``levels[-1]`` is
             the encoder's final representation.
         global_feature: ``(B, C_g)`` pooled feature of the whole input.
+        cls_feature: ``(B, C)`` final class-token output of encoders that have one, else None.
     """
 
     levels: list[FeatureLevel]
     global_feature: Tensor
+    cls_feature: Tensor | None = None
 
 
 def max_mean_pool(features: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -81,12 +81,16 @@ class PointViT(nn.Module):
         feature_layers: extra block outputs exposed as earlier levels of the output
             (block indices, negative allowed); the final normed tokens are always the
             last level.
+        cls_token: prepend a learnable class token (with its own learnable position,
+            ``cls_pos``) as Point-MAE's fine-tuning model does; its final normed
+            output is ``EncoderOutput.cls_feature``. Pretraining checkpoints have no
+            class token: loading one leaves ``cls_token``/``cls_pos`` at their init.
     """
 
     def __init__(self, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
                  mlp_ratio: float = 4.0, qkv_bias: bool = False, drop_path_rate: float = 0.1,
                  num_groups: int = 64, group_size: int = 32,
-                 feature_layers: Sequence[int] = ()) -> None:
+                 feature_layers: Sequence[int] = (), cls_token: bool = False) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_groups = num_groups
@@ -96,6 +100,13 @@ class PointViT(nn.Module):
         self.pos_embed = positional_mlp(embed_dim)
         self.blocks = PositionalBlocks(embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_path_rate)
         self.norm = nn.LayerNorm(embed_dim)
+        self.cls_token: nn.Parameter | None = None
+        self.cls_pos: nn.Parameter | None = None
+        if cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.cls_pos = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+            nn.init.trunc_normal_(self.cls_pos, std=0.02)
         self.apply(init_vit_weights)
 
     def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
@@ -106,22 +117,31 @@ class PointViT(nn.Module):
             raise ValueError(f"clouds of {points.shape[1]} points are smaller than group_size={self.group_size}")
         return group_points(points, self.num_groups, self.group_size)
 
-    def encode(self, tokens: Tensor, centers: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Run the transformer on patch tokens.
+    def encode(self, tokens: Tensor, centers: Tensor) -> tuple[Tensor, list[Tensor], Tensor | None]:
+        """Run the transformer on patch tokens (the class token, if any, is prepended here).
 
         Args:
             tokens: ``(B, T, C)`` patch tokens (all or only the visible ones).
             centers: ``(B, T, 3)`` their centres.
         Returns:
-            final normed tokens ``(B, T, C)`` and the raw outputs of ``feature_layers``.
+            final normed patch tokens ``(B, T, C)``, the raw patch-token outputs of
+            ``feature_layers``, and the final normed class token ``(B, C)`` (None without one).
         """
-        x, extra = self.blocks(tokens, self.pos_embed(centers), self.feature_layers)
-        return self.norm(x), extra
+        pos = self.pos_embed(centers)
+        if self.cls_token is None:
+            x, extra = self.blocks(tokens, pos, self.feature_layers)
+            return self.norm(x), extra, None
+        batch = tokens.shape[0]
+        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)
+        pos = torch.cat([self.cls_pos.expand(batch, -1, -1), pos], dim=1)
+        x, extra = self.blocks(tokens, pos, self.feature_layers)
+        x = self.norm(x)
+        return x[:, 1:], [e[:, 1:] for e in extra], x[:, 0]
 
     def forward(self, points: Tensor) -> EncoderOutput:
         """``points (B, N, 3)`` → :class:`EncoderOutput` with token levels at the patch centres."""
         neighborhoods, centers = self.group(points)
-        final, extra = self.encode(self.patch_embed(neighborhoods), centers)
+        final, extra, cls = self.encode(self.patch_embed(neighborhoods), centers)
         levels = [FeatureLevel(features=f, coords=centers) for f in extra]
         levels.append(FeatureLevel(features=final, coords=centers))
-        return EncoderOutput(levels=levels, global_feature=max_mean_pool(final))
+        return EncoderOutput(levels=levels, global_feature=max_mean_pool(final), cls_feature=cls)

@@ -37,20 +37,42 @@ def _init_xavier(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def random_patch_mask(batch: int, groups: int, ratio: float, device: torch.device | str) -> Tensor:
-    """``(B, G)`` bool, True = masked; exactly ``int(ratio * G)`` masked per sample, uniformly chosen."""
+def per_sample_uniform(sample_seeds: Tensor, size: int, device: torch.device | str) -> Tensor:
+    """``sample_seeds (B,)`` int64 → ``(B, size)`` uniform [0, 1) noise; row b depends on ``sample_seeds[b]`` only.
+
+    Drawn on the CPU (a few hundred numbers per sample), so the masks do not depend on the
+    device or on how a global batch is split over processes.
+    """
+    rows = [torch.rand(size, generator=torch.Generator().manual_seed(int(s))) for s in sample_seeds.tolist()]
+    return torch.stack(rows).to(device)
+
+
+def random_patch_mask(batch: int, groups: int, ratio: float, device: torch.device | str,
+                      noise: Tensor | None = None) -> Tensor:
+    """``(B, G)`` bool, True = masked; exactly ``int(ratio * G)`` masked per sample, uniformly chosen.
+
+    ``noise``: optional ``(B, G)`` uniform noise to rank (else drawn from the global torch RNG).
+    """
     num_masked = int(ratio * groups)
-    order = torch.rand(batch, groups, device=device).argsort(dim=1)
+    if noise is None:
+        noise = torch.rand(batch, groups, device=device)
+    order = noise.argsort(dim=1)
     mask = torch.zeros(batch, groups, dtype=torch.bool, device=device)
     mask.scatter_(1, order[:, :num_masked], True)
     return mask
 
 
-def block_patch_mask(centers: Tensor, ratio: float) -> Tensor:
-    """``centers (B, G, 3)`` → ``(B, G)`` bool: mask the ``int(ratio * G)`` patches nearest a random centre."""
+def block_patch_mask(centers: Tensor, ratio: float, noise: Tensor | None = None) -> Tensor:
+    """``centers (B, G, 3)`` → ``(B, G)`` bool: mask the ``int(ratio * G)`` patches nearest a random centre.
+
+    ``noise``: optional ``(B, 1+)`` uniform noise choosing the centre (else the global torch RNG).
+    """
     batch, groups, _ = centers.shape
     num_masked = int(ratio * groups)
-    seed_idx = torch.randint(groups, (batch, 1), device=centers.device)
+    if noise is None:
+        seed_idx = torch.randint(groups, (batch, 1), device=centers.device)
+    else:
+        seed_idx = (noise[:, :1] * groups).long().clamp_max(groups - 1)
     seed = gather_points(centers, seed_idx)  # (B, 1, 3)
     order = (centers - seed).square().sum(-1).argsort(dim=1)
     mask = torch.zeros(batch, groups, dtype=torch.bool, device=centers.device)
@@ -98,23 +120,30 @@ class PointMAE(nn.Module):
         self.decoder.apply(_init_xavier)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
-    def make_mask(self, centers: Tensor) -> Tensor:
-        """``centers (B, G, 3)`` → mask ``(B, G)`` bool, True = masked."""
+    def make_mask(self, centers: Tensor, sample_seeds: Tensor | None = None) -> Tensor:
+        """``centers (B, G, 3)`` → mask ``(B, G)`` bool, True = masked.
+
+        With ``sample_seeds (B,)`` each sample's mask is a function of its seed alone (the
+        trainer provides them, so masks survive resume and any split over processes);
+        without, masks come from the global torch RNG.
+        """
+        batch, groups, _ = centers.shape
+        noise = None if sample_seeds is None else per_sample_uniform(sample_seeds, groups, centers.device)
         if self.mask_type == "block":
-            return block_patch_mask(centers, self.mask_ratio)
-        return random_patch_mask(centers.shape[0], centers.shape[1], self.mask_ratio, centers.device)
+            return block_patch_mask(centers, self.mask_ratio, noise)
+        return random_patch_mask(batch, groups, self.mask_ratio, centers.device, noise)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``batch["points"] (B, N, 3)`` → ``{"loss": scalar}``."""
+        """``batch["points"] (B, N, 3)``, optional ``batch["sample_seed"] (B,)`` → ``{"loss": scalar}``."""
         points = batch["points"]
         neighborhoods, centers = self.encoder.group(points)
-        mask = self.make_mask(centers)
+        mask = self.make_mask(centers, batch.get("sample_seed"))
         visible = ~mask
         if self.embed_visible_only:
             tokens = self.encoder.patch_embed(select_tokens(neighborhoods, visible))
         else:
             tokens = select_tokens(self.encoder.patch_embed(neighborhoods), visible)
-        encoded, _ = self.encoder.encode(tokens, select_tokens(centers, visible))
+        encoded, _, _ = self.encoder.encode(tokens, select_tokens(centers, visible))
 
         masked_centers = select_tokens(centers, mask)
         batch_size, num_masked, _ = masked_centers.shape
@@ -124,4 +153,5 @@ class PointMAE(nn.Module):
         predicted = self.reconstruction_head(self.decoder_norm(decoded[:, -num_masked:]))
         predicted = predicted.reshape(batch_size * num_masked, -1, 3)
         target = select_tokens(neighborhoods, mask).reshape(batch_size * num_masked, -1, 3)
-        return {"loss": chamfer_l2(predicted, target)}
+        # the loss in float32 also under bf16 autocast
+        return {"loss": chamfer_l2(predicted.float(), target.float())}

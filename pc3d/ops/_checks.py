@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
+from typing import Any, Callable, TypeVar
 
 import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def without_autocast(fn: F) -> F:
+    """Run a geometry op in the dtypes it is given, also inside ``torch.autocast``.
+
+    Under bf16 autocast a distance matmul would round coordinates to 8 bits of mantissa
+    and pick wrong neighbours; the ops' own precision handling assumes their input dtype.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        if not torch.is_autocast_enabled(device):
+            return fn(*args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def check_points(name: str, tensor: object) -> torch.Tensor:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from pc3d.ops._checks import check_pair
+from pc3d.ops._checks import check_pair, without_autocast
 from pc3d.ops.backends import resolve_backend
 from pc3d.ops.neighbors import _work_dtype, gather_points, knn, sqdist_pairs
 
 _REDUCTIONS = ("mean", "none")
 
 
+@without_autocast
 def chamfer_l2(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean", backend: str = "auto", *,
                chunk_floats: int | None = None) -> torch.Tensor:
     """Squared-L2 Chamfer distance, summed over the two directions.

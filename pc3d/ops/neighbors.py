@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from pc3d.ops._checks import check_count, check_pair
+from pc3d.ops._checks import check_count, check_pair, without_autocast
 from pc3d.ops.backends import resolve_backend
 
 #: Largest number of distance-matrix entries alive at once (per op call).
@@ -52,6 +52,7 @@ def gather_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return out.view(*idx.shape, channels)
 
 
+@without_autocast
 def knn(query: torch.Tensor, points: torch.Tensor, k: int, backend: str = "auto", *,
         chunk_floats: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest ``points`` of every query point.
@@ -101,6 +102,7 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, backend: str = "auto"
     return dist2.to(query.dtype), idx
 
 
+@without_autocast
 def ball_query(query: torch.Tensor, points: torch.Tensor, radius: float, k: int, backend: str = "auto", *,
                chunk_floats: int | None = None) -> torch.Tensor:
     """Up to ``k`` points within ``radius`` of each query, pointnet2_ops semantics.

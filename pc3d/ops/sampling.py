@@ -6,11 +6,12 @@ import math
 
 import torch
 
-from pc3d.ops._checks import check_count, check_points
+from pc3d.ops._checks import check_count, check_points, without_autocast
 from pc3d.ops.backends import resolve_backend
 from pc3d.ops.neighbors import _work_dtype
 
 
+@without_autocast
 def farthest_point_sample(points: torch.Tensor, num_samples: int, backend: str = "auto") -> torch.Tensor:
     """Deterministic farthest point sampling, starting from index 0.
 

@@ -1,12 +1,26 @@
-"""The one training loop for every pretraining method.
+"""The one training loop for every pretraining method (and for fine-tuning).
 
 A method is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar, ...}``;
 the trainer owns everything else: AdamW + warm-up/cosine, gradient clipping, the
-seeded per-epoch batch order, progress, TensorBoard, atomic checkpoints and
-``resume``. Given the same seed, a run on CPU is deterministic, and a resumed run
-replays the same batches: batch order depends only on ``(seed, epoch)`` and data
-augmentation only on ``(seed, epoch, index)`` (see ``ObjectDataset``), and the RNG
-state that methods use (masking, drop-path) is restored from the checkpoint.
+seeded per-epoch batch order, progress, TensorBoard, atomic checkpoints, ``resume``,
+DDP, bf16 autocast and ``torch.compile``.
+
+Determinism. Given the same seed, a run on CPU is deterministic, and a resumed run
+replays the same batches: batch order depends only on ``(seed, epoch)``, data
+augmentation only on ``(seed, epoch, index)`` (see ``ObjectDataset``), and every
+batch carries ``batch["sample_seed"]`` ``(B,)`` int64, a function of ``(seed, step,
+position in the global batch)`` only, from which methods draw per-sample randomness
+(Point-MAE's masks). The RNG state that the rest uses (drop-path) is restored from
+the checkpoint.
+
+Distributed (``torchrun``; see :mod:`pc3d.train.distributed`). ``batch_size`` is the
+global batch; each of the W processes takes its contiguous 1/W slice of every global
+batch (a distributed sampler seeded per epoch), so data, sample seeds and — with
+``sync_batchnorm`` — batch-norm statistics are those of the single-process run with
+the same global batch; DDP averages the gradients, which equals the single-process
+gradient of the batch-mean loss. What is not shared is each rank's own torch RNG
+stream (drop-path). Rank 0 alone logs, writes ``losses.jsonl`` (the loss averaged over
+ranks) and checkpoints; every rank's RNG state is stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +40,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pc3d.errors import CheckpointError, ConfigError, Pc3dError
 from pc3d.train.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from pc3d.train.distributed import (DistributedContext, all_reduce_mean, barrier, broadcast_object,
+                                    convert_sync_batchnorm, current_context, gather_objects)
 from pc3d.train.optim import build_optimizer, build_scheduler
 from pc3d.utils.atomic import atomic_write
 from pc3d.utils.progress import get_logger, progress
@@ -37,6 +53,11 @@ FINAL_LOSS_WINDOW = 25
 @dataclass
 class TrainerConfig:
     """Optimisation settings (defaults: Point-MAE pretraining).
+
+    ``precision``: ``fp32`` or ``bf16`` (autocast of the forward pass; the geometry ops
+    and the losses stay float32). ``compile``: ``False``, ``True`` (``torch.compile``
+    with inductor) or the name of another ``torch.compile`` backend.
+    ``sync_batchnorm`` / ``find_unused_parameters``: multi-process runs only.
 
     ``max_steps`` overrides ``epochs``; warm-up is ``warmup_steps`` when given, else
     ``warmup_epochs`` worth of steps, scaled by ``max_steps / (epochs × steps_per_epoch)``
@@ -57,22 +78,39 @@ class TrainerConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     keep_last: int = 2
+    precision: str = "fp32"
+    compile: bool | str = False
+    sync_batchnorm: bool = True
+    find_unused_parameters: bool = False
     seed: int = 0
     device: str = "auto"
     resume: str = "auto"
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``.
+
+    In a multi-process CUDA run, ``auto``/``cuda`` mean this process's GPU, ``cuda:LOCAL_RANK``.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(f"device={name!r} is not a torch device ({exc})") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} requested but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is None and current_context().enabled:
+        device = torch.device("cuda", current_context().local_rank)
     return device
+
+
+def sample_seeds(seed: int, step: int, batch_size: int) -> np.ndarray:
+    """``(batch_size,)`` int64 seeds of the samples of global batch ``step`` (0-based); depend on nothing else."""
+    return (np.random.SeedSequence([seed, step]).generate_state(batch_size, np.uint64) >> np.uint64(1)).astype(np.int64)
 
 
 def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -100,11 +138,36 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_config = run_config or {}
         self.dataset = dataset
+        self.context: DistributedContext = current_context()
+        world = self.context.world_size
+        if config.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={config.precision!r}: expected one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(config.device)
-        self.model = model.to(self.device)
         num_samples = len(dataset)  # type: ignore[arg-type]
         if num_samples == 0:
             raise Pc3dError("the training dataset is empty")
+        if world > num_samples:
+            raise ConfigError(f"{world} processes but the training dataset has only {num_samples} samples; "
+                              "use fewer processes (torchrun --nproc_per_node)")
+        if config.batch_size % world:
+            raise ConfigError(f"trainer.batch_size={config.batch_size} (the global batch) must be divisible by "
+                              f"the number of processes ({world})")
+        self.local_batch_size = config.batch_size // world
+        if self.context.enabled and config.sync_batchnorm:
+            model = convert_sync_batchnorm(model)
+        self.model = model.to(self.device)
+        self.forward_model: nn.Module = self.model
+        if self.context.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=config.find_unused_parameters)
+            # Each rank its own stream for what is not keyed by sample_seed (drop-path).
+            seed_rank_streams(config.seed, self.context.rank)
+        if config.compile:  # true → inductor; a string names another torch.compile backend
+            backend = config.compile if isinstance(config.compile, str) else "inductor"
+            self.forward_model = torch.compile(self.forward_model, backend=backend)
         self.steps_per_epoch = num_samples // config.batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(f"trainer.batch_size={config.batch_size} is larger than the dataset "
@@ -125,11 +188,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint payload. Collective under DDP (every rank's RNG state is gathered)."""
+        rng_per_rank = gather_objects(rng_state())
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_per_rank[0],
+            "rng_per_rank": rng_per_rank,
+            "world_size": self.context.world_size,
             "trainer": asdict(self.config),
             "config": self.run_config,
         }
@@ -141,8 +208,14 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not match this model/optimizer: {exc}") from exc
-        restore_rng_state(state["rng"])
         self.step = int(state["step"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) == self.context.world_size:
+            restore_rng_state(per_rank[self.context.rank])
+        else:  # resumed on another number of processes: data and masks still replay, drop-path cannot
+            log.warning("checkpoint was written by %d process(es), resuming on %d: per-rank random streams "
+                        "are re-seeded", len(per_rank), self.context.world_size)
+            seed_rank_streams(self.config.seed, self.context.rank, self.step)
 
     def maybe_resume(self) -> None:
         """Apply ``config.resume``: ``auto`` (newest checkpoint in run_dir, if any), ``never``, or a path."""
@@ -150,10 +223,13 @@ class Trainer:
         if mode in (None, "never", "false", False):
             return
         if mode == "auto":
-            found = latest_checkpoint(self.run_dir)
-            if found is None:
+            # Rank 0 chooses, so every rank resumes from the same file.
+            found = latest_checkpoint(self.run_dir) if self.context.is_main else None
+            chosen = broadcast_object(str(found[0]) if found else None)
+            if chosen is None:
                 return
-            path, state = found
+            path = Path(chosen)
+            state = found[1] if found else load_checkpoint(path)
         else:
             path, state = Path(mode), load_checkpoint(mode)
         self.load_state_dict(state)
@@ -161,88 +237,116 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def _batches_from(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches from ``step`` on, epoch after epoch, in the seeded order."""
+        """This rank's part of the global batches from ``step`` on, epoch after epoch, in the seeded order."""
         epoch, offset = divmod(step, self.steps_per_epoch)
+        part = slice(self.context.rank * self.local_batch_size, (self.context.rank + 1) * self.local_batch_size)
         while True:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
             batches = epoch_batches(len(self.dataset), self.config.batch_size, self.config.seed, epoch)[offset:]
             # A dedicated generator: a loader otherwise draws its worker base seed from the global
-            # RNG, which would shift the methods' random stream (masks, drop-path) after a resume.
+            # RNG, which would shift the methods' random stream (drop-path) after a resume.
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.config.seed, epoch])
                                                           .generate_state(1)[0]))
-            loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.config.num_workers,
-                                generator=generator)
-            yield from loader
+            loader = DataLoader(self.dataset, batch_sampler=[b[part] for b in batches],
+                                num_workers=self.config.num_workers, generator=generator)
+            for position, batch in enumerate(loader):
+                global_step = epoch * self.steps_per_epoch + offset + position
+                seeds = sample_seeds(self.config.seed, global_step, self.config.batch_size)[part]
+                yield {**batch, "sample_seed": torch.from_numpy(seeds)}
             epoch, offset = epoch + 1, 0
 
     def _truncate_loss_log(self) -> Path:
+        """Keep the logged steps up to the resumed step (a kill can leave a half-written last line)."""
         path = self.run_dir / "losses.jsonl"
         kept = []
         if path.exists():
             for line in path.read_text().splitlines():
-                if line.strip() and json.loads(line)["step"] <= self.step:
+                try:
+                    step = json.loads(line)["step"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if step <= self.step:
                     kept.append(line)
         with atomic_write(path, "w") as handle:
             handle.write("".join(f"{line}\n" for line in kept))
         return path
 
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """One optimisation step; returns the loss averaged over ranks and the learning rate used."""
+        self.forward_model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+            loss = self.forward_model(batch)["loss"]
+        value = float(all_reduce_mean(loss.float()))
+        if not math.isfinite(value):  # every rank sees the same mean, so all stop together
+            raise Pc3dError(f"loss became {value} at step {self.step + 1}; the last good "
+                            f"checkpoint is in {self.run_dir / 'checkpoints'}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return value, lr
+
     def fit(self) -> dict[str, Any]:
-        """Train to ``total_steps``; returns ``final_loss, steps, wall_s, samples_per_s``."""
+        """Train to ``total_steps``; returns ``final_loss, steps, wall_s, samples_per_s`` (global samples)."""
         from torch.utils.tensorboard import SummaryWriter
 
         started = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = self.context.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier()
         self.maybe_resume()
-        loss_log_path = self._truncate_loss_log()
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step + 1)
         cfg = self.config
+        loss_log_path = self.run_dir / "losses.jsonl"
+        writer = loss_log = None
+        if main:
+            loss_log_path = self._truncate_loss_log()
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step + 1)
+            loss_log = open(loss_log_path, "a")
         recent: list[float] = []
         samples = 0
         loop_started = time.perf_counter()
-        bar = progress(total=self.total_steps, initial=self.step, desc="train")
+        bar = progress(total=self.total_steps, initial=self.step, desc="train", disable=not main)
         try:
-            with open(loss_log_path, "a") as loss_log:
-                batches = self._batches_from(self.step)
-                while self.step < self.total_steps:
-                    batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
-                    self.model.train()
-                    loss = self.model(batch)["loss"]
-                    if not torch.isfinite(loss):
-                        raise Pc3dError(f"loss became {loss.item()} at step {self.step + 1}; the last good "
-                                        f"checkpoint is in {self.run_dir / 'checkpoints'}")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.step += 1
-
-                    value = loss.item()
-                    batch_size = next(iter(batch.values())).shape[0]
-                    samples += batch_size
-                    recent = (recent + [value])[-FINAL_LOSS_WINDOW:]
+            batches = self._batches_from(self.step)
+            while self.step < self.total_steps:
+                batch = next(batches)
+                batch = {k: v if k == "sample_seed" else v.to(self.device, non_blocking=True)
+                         for k, v in batch.items()}
+                value, lr = self._train_step(batch)
+                samples += cfg.batch_size
+                recent = (recent + [value])[-FINAL_LOSS_WINDOW:]
+                throughput = samples / max(time.perf_counter() - loop_started, 1e-9)
+                last = self.step == self.total_steps
+                if main:
                     loss_log.write(json.dumps({"step": self.step, "loss": value, "lr": lr}) + "\n")
-                    throughput = samples / max(time.perf_counter() - loop_started, 1e-9)
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{throughput:.1f}")
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    if self.step % cfg.log_every == 0 or last:
                         writer.add_scalar("train/loss", value, self.step)
                         writer.add_scalar("train/lr", lr, self.step)
                         writer.add_scalar("train/samples_per_s", throughput, self.step)
                         if bar.disable:
                             log.info("step %d/%d loss %.5f lr %.2e %.1f samples/s", self.step, self.total_steps,
                                      value, lr, throughput)
-                    if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                if self.step % cfg.checkpoint_every == 0 or last:
+                    state = self.state_dict()  # collective: every rank takes part
+                    if main:
                         loss_log.flush()
-                        save_checkpoint(self.run_dir, self.step, self.state_dict(), cfg.keep_last)
+                        save_checkpoint(self.run_dir, self.step, state, cfg.keep_last)
         finally:
             bar.close()
-            writer.close()
+            if main:
+                writer.close()
+                loss_log.close()
+        barrier()  # the final checkpoint exists before any rank returns
         loop_s = time.perf_counter() - loop_started
-        if not recent:  # resumed a finished run: report from the log
+        if not recent and loss_log_path.exists():  # resumed a finished run: report from the log
             lines = [json.loads(x) for x in loss_log_path.read_text().splitlines() if x.strip()]
             recent = [x["loss"] for x in lines[-FINAL_LOSS_WINDOW:]]
         return {
@@ -251,3 +355,13 @@ class Trainer:
             "wall_s": time.perf_counter() - started,
             "samples_per_s": samples / loop_s if samples else 0.0,
         }
+
+
+def seed_rank_streams(seed: int, rank: int, step: int = 0) -> None:
+    """Seed python, numpy and torch for ``rank`` of a multi-process run (distinct per rank)."""
+    import random
+
+    state = np.random.SeedSequence([seed, rank, step, 0x5EED]).generate_state(2)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))

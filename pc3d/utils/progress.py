@@ -25,10 +25,10 @@ def _progress_enabled() -> bool:
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
-             initial: int = 0) -> tqdm:
-    """A tqdm bar on stderr (disabled when not a terminal unless ``PC3D_PROGRESS=1``)."""
+             initial: int = 0, disable: bool = False) -> tqdm:
+    """A tqdm bar on stderr (disabled when not a terminal unless ``PC3D_PROGRESS=1``, or by ``disable``)."""
     return tqdm(iterable, total=total, desc=desc, initial=initial, dynamic_ncols=True,
-                disable=not _progress_enabled(), file=sys.stderr, leave=False)
+                disable=disable or not _progress_enabled(), file=sys.stderr, leave=False)
 
 
 def get_logger(name: str = "pc3d") -> logging.Logger:
