@@ -3,6 +3,7 @@
 Commands:
     pretrain   self-supervised pretraining (configs/pretrain.yaml)
     probe      frozen-feature probe + random-init baseline (configs/probe.yaml)
+    export     a checkpoint's encoder as one .safetensors file (configs/export.yaml)
     prep NAME  dataset preparation, e.g. ``pc3d prep modelnet src=DIR dst=DIR`` (configs/prep/NAME.yaml)
 
 Every run writes the resolved ``config.yaml`` and a flat ``metrics.json`` to
@@ -116,6 +117,10 @@ def run_probe(cfg) -> dict[str, Any]:
     from pc3d.utils.config import call_target, seed_everything, to_plain
 
     started = time.perf_counter()
+    if cfg.probe.levels not in ("last", "all"):
+        raise ConfigError(f"probe.levels={cfg.probe.levels!r}: expected 'last' or 'all'")
+    if not cfg.probe.Cs or any(float(c) <= 0 for c in cfg.probe.Cs):
+        raise ConfigError(f"probe.Cs={list(cfg.probe.Cs)}: expected a non-empty list of positive values")
     device = resolve_device(cfg.device)
     data = call_target(cfg.data, "data")
     encoders: dict[str, Any] = {}
@@ -159,6 +164,25 @@ def run_probe(cfg) -> dict[str, Any]:
     return metrics
 
 
+def run_export(cfg) -> dict[str, Any]:
+    """``checkpoint`` (any format :func:`pc3d.hub.load_encoder` reads) → ``out`` (a pc3d encoder file)."""
+    from pc3d.hub import load_encoder, save_encoder
+
+    out = Path(cfg.out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"out={cfg.out}: the encoder file must end in .safetensors")
+    if out.exists() and not cfg.overwrite:
+        raise ConfigError(f"out={cfg.out}: exists; pass overwrite=true to replace it")
+    if out.is_dir():
+        raise ConfigError(f"out={cfg.out}: is a directory")
+    encoder, config = load_encoder(cfg.checkpoint, strict=bool(cfg.strict), format=str(cfg.format))
+    save_encoder(encoder, out, config)
+    parameters = sum(p.numel() for p in encoder.parameters())
+    _report(f"export: {cfg.checkpoint} → {out} ({config['_target_'].rsplit('.', 1)[-1]}, "
+            f"{parameters / 1e6:.2f} M parameters)")
+    return {"out": str(out), "parameters": parameters}
+
+
 def run_prep(name: str, cfg) -> dict[str, Any]:
     if name == "modelnet":
         from data_prep.modelnet import prepare_modelnet
@@ -172,7 +196,8 @@ def run_prep(name: str, cfg) -> dict[str, Any]:
     raise ConfigError(f"unknown dataset for prep: {name!r} (available: modelnet)")
 
 
-COMMANDS: dict[str, Callable[[Any], dict[str, Any]]] = {"pretrain": run_pretrain, "probe": run_probe}
+COMMANDS: dict[str, Callable[[Any], dict[str, Any]]] = {"pretrain": run_pretrain, "probe": run_probe,
+                                                       "export": run_export}
 PREP = ("modelnet",)
 
 

@@ -126,3 +126,23 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
 def test_help_lists_commands():
     rc, out, err = run_cli("--help")
     assert rc == 0 and "pretrain" in out and "probe" in out and "prep" in out
+
+
+def test_export_writes_an_encoder_file_that_reproduces_the_checkpoint(tmp_path, capsys):
+    import torch
+
+    from pc3d.hub import load_encoder
+
+    run = tmp_path / "run"
+    assert main(["pretrain", *TINY, f"data.root={tmp_path / 'synth'}", *TINY_SYNTH, "trainer.max_steps=2",
+                 f"out_dir={run}"]) == 0
+    out = tmp_path / "enc.safetensors"
+    assert main(["export", f"checkpoint={run}", f"out={out}"]) == 0
+    assert "export:" in capsys.readouterr().out
+    original, config = load_encoder(run)
+    exported, exported_config = load_encoder(out)
+    assert exported_config == config
+    points = torch.randn(2, 256, 3)
+    with torch.no_grad():
+        assert torch.equal(original(points).global_feature, exported(points).global_feature)
+    assert main(["export", f"checkpoint={run}", f"out={out}", "overwrite=true"]) == 0

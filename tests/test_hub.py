@@ -186,7 +186,7 @@ def test_format_override(tmp_path):
     run_file = next((tmp_path / "run" / "checkpoints").iterdir())
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_encoder(run_file, format="pc3d-encoder")
-    with pytest.raises(CheckpointError, match="not a Point-MAE pretraining checkpoint"):
+    with pytest.raises(CheckpointError, match="not a Point-MAE checkpoint"):
         load_encoder(run_file, format="point-mae")
     with pytest.raises(CheckpointError, match="is a directory"):
         load_encoder(tmp_path / "run", format="pc3d-encoder")

@@ -1,7 +1,8 @@
-"""Import of original Point-MAE checkpoints (github.com/Pang-Yatian/Point-MAE, pretraining layout).
+"""Import of original Point-MAE checkpoints (github.com/Pang-Yatian/Point-MAE): pretraining and fine-tuned layouts.
 
 tests/data/point_mae_keys.json lists the key names, shapes and dtypes of the original model's
-state dict at the paper config (listed once from the original code; no weights, no code). The
+state dict at the paper config (listed once from the original code; no weights, no code), and
+tests/data/point_mae_finetuned_keys.json the same for the fine-tuned ModelNet40 classifier. The
 tests build synthetic original-format files from it. The expected placement below is written
 out independently of pc3d.hub.point_mae.KEY_MAP, so a wrong table fails here.
 """
@@ -187,7 +188,87 @@ def test_overrides_and_forced_format(tmp_path, small_state):
     assert config["num_heads"] == 12 and encoder.blocks.blocks[0].attn.num_heads == 12
     assert encoder(torch.randn(1, 256, 3)).levels[-1].features.shape == (1, 32, 384)
     torch.save({"base_model": {"encoder.norm.weight": torch.zeros(3)}}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="other.pth: not a Point-MAE pretraining checkpoint"):
+    with pytest.raises(CheckpointError, match="other.pth: not a Point-MAE checkpoint"):
         load_encoder(tmp_path / "other.pth", format="point-mae")
-    with pytest.raises(CheckpointError, match="other.pth: not a Point-MAE pretraining checkpoint"):
+    with pytest.raises(CheckpointError, match="other.pth: not a Point-MAE checkpoint"):
         import_point_mae_model(tmp_path / "other.pth")
+
+
+# ---------------------------------------------------------------- fine-tuned classifier layout
+FINETUNED = json.loads((Path(__file__).parent / "data" / "point_mae_finetuned_keys.json").read_text())["tensors"]
+# fine-tuned PointTransformer prefix -> pc3d ObjectClassifier prefix (written out independently)
+FINETUNED_PLACEMENT = {
+    "encoder.first_conv.0.": ("encoder.patch_embed.conv1a.", True),
+    "encoder.first_conv.1.": ("encoder.patch_embed.bn1.", False),
+    "encoder.first_conv.3.": ("encoder.patch_embed.conv1b.", True),
+    "encoder.second_conv.0.": ("encoder.patch_embed.conv2a.", True),
+    "encoder.second_conv.1.": ("encoder.patch_embed.bn2.", False),
+    "encoder.second_conv.3.": ("encoder.patch_embed.conv2b.", True),
+    "pos_embed.": ("encoder.pos_embed.", False),
+    "blocks.blocks.": ("encoder.blocks.blocks.", False),
+    "norm.": ("encoder.norm.", False),
+    "cls_token": ("encoder.cls_token", False),
+    "cls_pos": ("encoder.cls_pos", False),
+    "cls_head_finetune.": ("head.", False),
+}
+
+
+def test_finetuned_listing_is_point_mae_modelnet40_classifier():
+    assert FINETUNED["cls_token"]["shape"] == [1, 1, 384]
+    assert FINETUNED["cls_head_finetune.8.weight"]["shape"] == [40, 256]
+    assert not any(k.startswith(("MAE_", "module.")) for k in FINETUNED)
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "module.base_model."])
+def test_finetuned_classifier_import_places_every_tensor(tmp_path, prefix):
+    from pc3d.hub import import_point_mae_classifier
+
+    state = synthetic_state(FINETUNED, seed=1)
+    path = save_original(tmp_path / "ckpt-best.pth", state, prefix)
+    classifier = import_point_mae_classifier(path)
+    assert classifier.num_classes == 40 and classifier.encoder.cls_token is not None and not classifier.training
+    loaded = classifier.state_dict()
+    placed = set()
+    for key, value in state.items():
+        for source, (target, conv) in FINETUNED_PLACEMENT.items():
+            if key.startswith(source):
+                if conv and key.endswith(".weight"):
+                    value = value[..., 0]
+                target = target + key[len(source):]
+                break
+        else:
+            raise AssertionError(f"listing key {key} not covered")
+        assert torch.equal(loaded[target], value), f"{key} -> {target}"
+        placed.add(target)
+    assert placed == set(loaded)
+
+    encoder, config = load_encoder(path)  # the same file as an encoder: class token, no head
+    assert config["cls_token"] is True and config["depth"] == 12
+    assert torch.equal(encoder.cls_pos, state["cls_pos"])
+    with torch.no_grad():
+        out = encoder(torch.nn.functional.normalize(torch.randn(2, 1024, 3), dim=-1))
+    assert out.cls_feature.shape == (2, 384)
+
+
+def test_finetuned_file_is_not_a_pretraining_model(tmp_path):
+    path = save_original(tmp_path / "ckpt-best.pth", synthetic_state(FINETUNED))
+    with pytest.raises(CheckpointError, match="fine-tuned Point-MAE classifier.*import_point_mae_classifier"):
+        import_point_mae_model(path)
+
+
+def test_finetuned_head_shape_mismatch_is_named(tmp_path):
+    from pc3d.hub import import_point_mae_classifier
+
+    state = synthetic_state(FINETUNED)
+    state["cls_head_finetune.4.weight"] = torch.zeros(128, 256)
+    path = save_original(tmp_path / "bad.pth", state)
+    with pytest.raises(CheckpointError, match=r"cls_head_finetune\.4\.weight \(128, 256\) vs \(256, 256\)"):
+        import_point_mae_classifier(path)
+
+
+def test_pretraining_file_is_not_a_classifier(tmp_path, paper_state):
+    from pc3d.hub import import_point_mae_classifier
+
+    path = save_original(tmp_path / "pretrain.pth", paper_state)
+    with pytest.raises(CheckpointError, match="not a fine-tuned Point-MAE classifier"):
+        import_point_mae_classifier(path)

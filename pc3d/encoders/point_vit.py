@@ -92,6 +92,11 @@ class PointViT(nn.Module):
                  num_groups: int = 64, group_size: int = 32,
                  feature_layers: Sequence[int] = (), cls_token: bool = False) -> None:
         super().__init__()
+        # The constructor arguments: what pc3d.hub.save_encoder stores to rebuild this encoder.
+        self.init_config = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
+                            "qkv_bias": qkv_bias, "drop_path_rate": drop_path_rate, "num_groups": num_groups,
+                            "group_size": group_size, "feature_layers": [int(i) for i in feature_layers],
+                            "cls_token": cls_token}
         self.embed_dim = embed_dim
         self.num_groups = num_groups
         self.group_size = group_size

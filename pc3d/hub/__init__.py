@@ -5,14 +5,15 @@
   detects which); nothing pickled is executed.
 - :func:`save_encoder` writes a self-contained, pickle-free encoder file (weights + config).
 - :func:`import_point_mae_model` / :func:`export_point_mae`: the whole Point-MAE pretraining
-  model from / to the original code's checkpoint layout.
+  model from / to the original code's checkpoint layout; :func:`import_point_mae_classifier`: a
+  fine-tuned Point-MAE classifier (encoder with class token + head).
 """
 
 from pc3d.hub.encoder_file import read_encoder_file, save_encoder
 from pc3d.hub.encoders import (FORMATS, EncoderCheckpoint, build_encoder, encoder_config_from_checkpoint,
                                encoder_state_from_checkpoint, load_encoder, read_encoder_checkpoint)
-from pc3d.hub.point_mae import export_point_mae, import_point_mae_model
+from pc3d.hub.point_mae import export_point_mae, import_point_mae_classifier, import_point_mae_model
 
 __all__ = ["FORMATS", "EncoderCheckpoint", "build_encoder", "encoder_config_from_checkpoint",
-           "encoder_state_from_checkpoint", "export_point_mae", "import_point_mae_model", "load_encoder",
+           "encoder_state_from_checkpoint", "export_point_mae", "import_point_mae_classifier", "import_point_mae_model", "load_encoder",
            "read_encoder_checkpoint", "read_encoder_file", "save_encoder"]

@@ -66,7 +66,7 @@ def _check_config_fits(encoder: nn.Module, config: dict[str, Any]) -> None:
 
 
 def save_encoder(encoder: nn.Module, path: str | os.PathLike,
-                 config: Mapping[str, Any] | DictConfig) -> Path:
+                 config: Mapping[str, Any] | DictConfig | None = None) -> Path:
     """Write ``encoder`` as a self-contained pc3d encoder file (``.safetensors``), atomically.
 
     Args:
@@ -78,9 +78,17 @@ def save_encoder(encoder: nn.Module, path: str | os.PathLike,
             class or other keys/shapes is a :class:`ConfigError`, so a written file always loads.
             Loading accepts only ``_target_`` classes under ``pc3d.encoders`` (a file must not
             choose what pc3d calls); another class loads with ``config_overrides={"_target_": ...}``.
+            None: the encoder's own ``init_config`` (pc3d encoders record their constructor
+            arguments) under its class's ``_target_``.
     Returns:
         the path written.
     """
+    if config is None:
+        if not isinstance(getattr(encoder, "init_config", None), Mapping):
+            raise ConfigError(f"save_encoder: {type(encoder).__name__} does not record its constructor arguments "
+                              "(init_config); pass config={'_target_': ..., ...}")
+        cls = type(encoder)
+        config = {"_target_": f"{cls.__module__}.{cls.__qualname__}", **encoder.init_config}
     node = to_plain(config)
     if not node.get("_target_"):
         raise ConfigError("save_encoder: config has no _target_")

@@ -6,7 +6,8 @@ Formats (``format=`` of :func:`load_encoder`):
   arguments) rebuilds the architecture, and the method's ``encoder.*`` weights fill it.
 - ``pc3d-encoder``: a ``.safetensors`` file written by :func:`~pc3d.hub.save_encoder`
   (weights + config in its metadata; see :mod:`pc3d.hub.encoder_file`).
-- ``point-mae``: an original Point-MAE pretraining checkpoint (see :mod:`pc3d.hub.point_mae`).
+- ``point-mae``: an original Point-MAE checkpoint, pretraining or fine-tuned classification
+  layout (see :mod:`pc3d.hub.point_mae`).
 - ``auto`` (default): a directory is a run directory; a ``.safetensors`` suffix or a
   safetensors header is ``pc3d-encoder``; a torch file is loaded with
   ``torch.load(weights_only=True)`` and is ``pc3d-checkpoint`` if it says so
@@ -28,7 +29,7 @@ from torch import nn
 
 from pc3d.errors import CheckpointError, ConfigError
 from pc3d.hub.encoder_file import ENCODER_FILE_FORMAT, looks_like_safetensors, read_encoder_file
-from pc3d.hub.point_mae import (POINT_MAE_FORMAT, encoder_display, encoder_weights, infer_encoder_config,
+from pc3d.hub.point_mae import (NOT_POINT_MAE, POINT_MAE_FORMAT, encoder_display, encoder_weights, infer_encoder_config,
                                 point_mae_state)
 from pc3d.hub.weights import build_encoder, check_stored_target, load_weights, read_torch_file
 from pc3d.train.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint
@@ -37,7 +38,7 @@ ENCODER_PREFIX = "encoder."
 FORMATS = ("auto", CHECKPOINT_FORMAT, ENCODER_FILE_FORMAT, POINT_MAE_FORMAT)
 KNOWN_FORMATS = (f"{CHECKPOINT_FORMAT} (pc3d training checkpoint or run directory), "
                  f"{ENCODER_FILE_FORMAT} (.safetensors from pc3d.hub.save_encoder), "
-                 f"{POINT_MAE_FORMAT} (original Point-MAE pretraining checkpoint)")
+                 f"{POINT_MAE_FORMAT} (original Point-MAE checkpoint, pretraining or fine-tuned)")
 
 __all__ = ["FORMATS", "EncoderCheckpoint", "build_encoder", "encoder_config_from_checkpoint",
            "encoder_state_from_checkpoint", "load_encoder", "read_encoder_checkpoint"]
@@ -114,8 +115,7 @@ def _read(path: Path, format: str) -> EncoderCheckpoint:
     if state is not None:
         return _from_point_mae(path, state)
     if format == POINT_MAE_FORMAT:
-        raise CheckpointError(f"{path}: not a Point-MAE pretraining checkpoint "
-                              "(expected a 'base_model' state dict with MAE_encoder.* keys)")
+        raise CheckpointError(f"{path}: {NOT_POINT_MAE}")
     raise CheckpointError(f"{path}: unknown checkpoint format; known formats: {KNOWN_FORMATS}")
 
 

@@ -1,9 +1,18 @@
-"""Original Point-MAE checkpoints (Pang et al., github.com/Pang-Yatian/Point-MAE), pretraining layout.
+"""Original Point-MAE checkpoints (Pang et al., github.com/Pang-Yatian/Point-MAE): pretraining and fine-tuned layouts.
 
 An original file is ``torch.save({"base_model": state_dict, "optimizer": ..., "epoch": ...,
 "metrics": ..., ...})`` (``"model"`` instead of ``"base_model"`` is accepted too, as the original
 loader does), sometimes with ``module.`` in front of every key (DataParallel). It is read with
 ``torch.load(weights_only=True)``: no pickled code runs.
+
+Two layouts are read:
+- pretraining (``Point_MAE``): ``MAE_encoder.*``, ``MAE_decoder.*``, ``mask_token``, ``increase_dim.*``;
+- fine-tuned classification (``PointTransformer``): ``encoder.*``, ``pos_embed.*``,
+  ``blocks.blocks.*``, ``norm.*``, ``cls_token``, ``cls_pos``, ``cls_head_finetune.*``, saved
+  under ``base_model`` with ``module.`` (DataParallel) or ``base_model.`` prefixes. Its encoder
+  keys are renamed to the pretraining names (:data:`FINETUNED_TO_PRETRAIN`), so one table serves
+  both; the encoder is then a ``PointViT(cls_token=True)`` and :func:`import_point_mae_classifier`
+  also fills Point-MAE's head (:class:`~pc3d.eval.classifier.ObjectClassifier`).
 
 Key mapping: :data:`KEY_MAP`, one table used in both directions (import and
 :func:`export_point_mae`). The original's Conv1d kernels ``(out, in, 1)`` are pc3d Linear
@@ -52,6 +61,8 @@ KEY_MAP: tuple[tuple[str, str, bool], ...] = (
     ("MAE_encoder.pos_embed.", "encoder.pos_embed.", False),
     ("MAE_encoder.blocks.blocks.", "encoder.blocks.blocks.", False),
     ("MAE_encoder.norm.", "encoder.norm.", False),
+    ("MAE_encoder.cls_token", "encoder.cls_token", False),
+    ("MAE_encoder.cls_pos", "encoder.cls_pos", False),
     ("mask_token", "mask_token", False),
     ("decoder_pos_embed.", "decoder_pos_embed.", False),
     ("MAE_decoder.blocks.", "decoder.blocks.", False),
@@ -61,6 +72,18 @@ KEY_MAP: tuple[tuple[str, str, bool], ...] = (
 ORIGINAL_ENCODER_PREFIX = "MAE_encoder."
 PC3D_ENCODER_PREFIX = "encoder."
 DDP_PREFIX = "module."
+# Prefixes the original's fine-tuning code strips when it loads a file (DataParallel, nesting).
+WRAPPER_PREFIXES = (DDP_PREFIX, "base_model.")
+# Fine-tuned PointTransformer key prefix → pretraining name (same modules, same tensors).
+FINETUNED_TO_PRETRAIN: tuple[tuple[str, str], ...] = (
+    ("encoder.", "MAE_encoder.encoder."),
+    ("pos_embed.", "MAE_encoder.pos_embed."),
+    ("blocks.", "MAE_encoder.blocks."),
+    ("norm.", "MAE_encoder.norm."),
+    ("cls_token", "MAE_encoder.cls_token"),
+    ("cls_pos", "MAE_encoder.cls_pos"),
+)
+HEAD_PREFIX = "cls_head_finetune."
 
 # Not recoverable from the weights: the paper's values (cfgs/pretrain.yaml of the original).
 ENCODER_DEFAULTS: dict[str, Any] = {"num_heads": 6, "drop_path_rate": 0.1, "num_groups": 64, "group_size": 32}
@@ -113,11 +136,28 @@ def to_original_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def point_mae_state(obj: Any) -> dict[str, torch.Tensor] | None:
-    """The model state dict of a loaded original file, ``module.`` prefixes removed; None if not Point-MAE.
+def _is_finetuned(state: Mapping[str, Any]) -> bool:
+    return "cls_token" in state and any(k.startswith("encoder.first_conv.") for k in state)
 
-    Accepts ``{"base_model": sd, ...}``, ``{"model": sd, ...}`` or a bare state dict; it is a
-    Point-MAE state when a key starts with ``MAE_encoder.``.
+
+def _finetuned_to_pretrain_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for finetuned, pretrain in FINETUNED_TO_PRETRAIN:
+            if (finetuned.endswith(".") and key.startswith(finetuned)) or key == finetuned:
+                key = pretrain + key[len(finetuned):]
+                break
+        out[key] = value
+    return out
+
+
+def point_mae_state(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The model state dict of a loaded original file in pretraining key names; None if not Point-MAE.
+
+    Accepts ``{"base_model": sd, ...}``, ``{"model": sd, ...}`` or a bare state dict, with
+    ``module.`` / ``base_model.`` prefixes (removed). A pretraining state has ``MAE_encoder.*``
+    keys; a fine-tuned ``PointTransformer`` state (``cls_token`` + ``encoder.first_conv.*``) is
+    renamed to them, its head staying under ``cls_head_finetune.*``.
     """
     if not isinstance(obj, Mapping):
         return None
@@ -131,9 +171,11 @@ def point_mae_state(obj: Any) -> dict[str, torch.Tensor] | None:
     stripped = {}
     for key, value in state.items():
         key = str(key)
-        while key.startswith(DDP_PREFIX):
-            key = key[len(DDP_PREFIX):]
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
         stripped[key] = value
+    if _is_finetuned(stripped):
+        stripped = _finetuned_to_pretrain_names(stripped)
     if not any(k.startswith(ORIGINAL_ENCODER_PREFIX) for k in stripped):
         return None
     return stripped
@@ -165,7 +207,7 @@ def infer_encoder_config(state: Mapping[str, torch.Tensor], source: str = "state
     qkv_bias = any(_BLOCK.match(k) and k.endswith(".attn.qkv.bias") for k in state)
     config: dict[str, Any] = {"_target_": "pc3d.encoders.PointViT", "embed_dim": embed_dim, "depth": depth,
                               "mlp_ratio": hidden / embed_dim, "qkv_bias": qkv_bias, **ENCODER_DEFAULTS,
-                              "feature_layers": []}
+                              "feature_layers": [], "cls_token": "MAE_encoder.cls_token" in state}
     head = _rows(state, "increase_dim.0.weight")
     if head is not None and head % 3 == 0:
         config["group_size"] = head // 3
@@ -208,12 +250,15 @@ def encoder_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return weights
 
 
+NOT_POINT_MAE = ("not a Point-MAE checkpoint (expected a 'base_model' state dict with MAE_encoder.* keys, "
+                 "or the fine-tuned layout with cls_token and encoder.first_conv.* keys)")
+
+
 def read_point_mae_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The (``module.``-stripped) model state dict of an original Point-MAE file."""
+    """The model state dict of an original Point-MAE file, in pretraining key names (see :func:`point_mae_state`)."""
     state = point_mae_state(read_torch_file(path))
     if state is None:
-        raise CheckpointError(f"{path}: not a Point-MAE pretraining checkpoint "
-                              "(expected a 'base_model' state dict with MAE_encoder.* keys)")
+        raise CheckpointError(f"{path}: {NOT_POINT_MAE}")
     return state
 
 
@@ -234,6 +279,9 @@ def import_point_mae_model(path: str | os.PathLike, strict: bool = True,
             unexpected or wrongly shaped tensor (named as the original file spells it).
     """
     state = read_point_mae_file(path)
+    if any(k.startswith(HEAD_PREFIX) for k in state):
+        raise CheckpointError(f"{path}: is a fine-tuned Point-MAE classifier (no decoder); use "
+                              "import_point_mae_classifier, or load_encoder for its encoder")
     encoder_config = infer_encoder_config(state, str(path), config_overrides)
     method_config = infer_method_config(state, method_overrides)
     model = call_target(method_config, "method", encoder=build_encoder(encoder_config))
@@ -242,6 +290,40 @@ def import_point_mae_model(path: str | os.PathLike, strict: bool = True,
     load_weights(model, weights, strict=strict, source=str(path), target=method_config["_target_"],
                  what="Point-MAE weights", display=model_display)
     return model.eval()
+
+
+def import_point_mae_classifier(path: str | os.PathLike, strict: bool = True,
+                                config_overrides: Mapping[str, Any] | None = None) -> nn.Module:
+    """Rebuild a fine-tuned Point-MAE ``PointTransformer`` file as a pc3d :class:`~pc3d.eval.classifier.ObjectClassifier`.
+
+    The encoder is :func:`infer_encoder_config` of the weights (with the class token), the head
+    Point-MAE's 256-256-C MLP with C from ``cls_head_finetune.8``.
+
+    Returns:
+        the classifier in eval mode, on CPU; ``classifier.logits(points)`` are the original's outputs.
+    Raises:
+        CheckpointError: unreadable file, not the fine-tuned layout, or (``strict``) weights that do not fit.
+    """
+    from pc3d.eval.classifier import ObjectClassifier
+
+    state = read_point_mae_file(path)
+    final = _rows(state, HEAD_PREFIX + "8.weight")
+    if final is None or "MAE_encoder.cls_token" not in state:
+        raise CheckpointError(f"{path}: not a fine-tuned Point-MAE classifier (no cls_token / "
+                              f"{HEAD_PREFIX}8.weight)")
+    encoder = build_encoder(infer_encoder_config(state, str(path), config_overrides))
+    classifier = ObjectClassifier(encoder, num_classes=final)
+    body = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    weights, unmapped = to_pc3d_state(body)  # PointMAE's "encoder.*" names are the classifier's too
+    weights.update({k: body[k] for k in unmapped})
+    weights.update({"head." + k[len(HEAD_PREFIX):]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)})
+
+    def display(key: str) -> str:
+        return HEAD_PREFIX + key[len("head."):] if key.startswith("head.") else model_display(key)
+
+    load_weights(classifier, weights, strict=strict, source=str(path), target="pc3d.eval.ObjectClassifier",
+                 what="fine-tuned Point-MAE weights", display=display)
+    return classifier.eval()
 
 
 def export_point_mae(model: nn.Module, path: str | os.PathLike, epoch: int = 0) -> Path:

@@ -185,6 +185,8 @@ class Trainer:
                                          warmup_steps=self.warmup_steps, warmup_lr_init=config.warmup_lr_init,
                                          min_lr=config.min_lr)
         self.step = 0
+        # Here, not in fit(): a bad resume checkpoint fails before the run writes anything.
+        self.maybe_resume()
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -300,7 +302,6 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         barrier()
-        self.maybe_resume()
         cfg = self.config
         loss_log_path = self.run_dir / "losses.jsonl"
         writer = loss_log = None

@@ -25,7 +25,9 @@ def call_target(node: Mapping[str, Any] | DictConfig, name: str, **extra: Any) -
     """Call ``node._target_`` with the node's other keys (plus ``extra``) as keyword arguments.
 
     Unlike ``hydra.utils.instantiate`` this lets a :class:`~pc3d.errors.Pc3dError` raised by
-    the target reach the CLI unwrapped, and reports unknown keys as ``<name>.<key>``.
+    the target reach the CLI unwrapped, and reports unknown keys as ``<name>.<key>``. A
+    ``ValueError`` / ``TypeError`` from the call (a constructor refusing an argument, e.g.
+    ``mask_ratio=1.5``) becomes a :class:`ConfigError` prefixed with ``<name>``.
     """
     kwargs = to_plain(node)
     target = kwargs.pop("_target_", None)
@@ -41,7 +43,10 @@ def call_target(node: Mapping[str, Any] | DictConfig, name: str, **extra: Any) -
         if unknown:
             raise ConfigError(f"{name}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)} "
                               f"for {target} (accepted: {', '.join(k for k in params if k not in extra)})")
-    return fn(**kwargs, **extra)
+    try:
+        return fn(**kwargs, **extra)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
 
 
 def seed_everything(seed: int) -> None:
