@@ -23,11 +23,12 @@ TINY = [
 ]
 # Biases directly followed by BatchNorm (through a max-pool for conv1b): their true gradient is 0,
 # so Adam turns float noise of ~1e-9 into ±lr steps that differ between any two summation
-# orders; the running means absorb them. Everything else must agree to PARAM_TOL.
+# orders; the running means absorb them. Everything else must agree to PARAM_TOL: a tenth of
+# one Adam step at lr 1e-3 (measured: 3.2e-5 after 6 steps; the losses agree to 7e-7 relative).
 BN_INVARIANT = ("encoder.patch_embed.conv1a.bias", "encoder.patch_embed.conv1b.bias",
                 "encoder.patch_embed.conv2a.bias", "encoder.patch_embed.bn1.running_mean",
                 "encoder.patch_embed.bn2.running_mean")
-PARAM_TOL = 5e-5
+PARAM_TOL = 1e-4
 LOSS_RTOL = 1e-5
 
 
