@@ -3,12 +3,15 @@
 Commands:
     pretrain   self-supervised pretraining (configs/pretrain.yaml)
     probe      frozen-feature probe + random-init baseline (configs/probe.yaml)
+    finetune   fine-tune encoder + Point-MAE head, optional voting (configs/finetune.yaml)
+    fewshot    N-way K-shot classification over seeded folds (configs/fewshot.yaml)
     export     a checkpoint's encoder as one .safetensors file (configs/export.yaml)
     prep NAME  dataset preparation, e.g. ``pc3d prep modelnet src=DIR dst=DIR`` (configs/prep/NAME.yaml)
 
 Every run writes the resolved ``config.yaml`` and a flat ``metrics.json`` to
 ``out_dir``. Metric keys (stable):
     pretrain: final_loss (mean of the last 25 step losses), steps, wall_s, samples_per_s
+    finetune / fewshot: see pc3d.eval.finetune / pc3d.eval.fewshot
     probe:    val_accuracy, val_mean_class_accuracy, val_accuracy/<class>, svm_C,
               test_accuracy, test_mean_class_accuracy, test_accuracy/<class> (when a test
               split exists), and the same keys prefixed random_ for the random-init baseline.
@@ -60,7 +63,7 @@ def _is_main_process() -> bool:
     return current_context().is_main
 
 
-def _start_run(cfg) -> Path:
+def start_run(cfg) -> Path:
     """Write the resolved ``config.yaml`` to ``out_dir`` (rank 0 of a multi-process run only)."""
     from omegaconf import OmegaConf
 
@@ -74,14 +77,15 @@ def _start_run(cfg) -> Path:
     return out
 
 
-def _finish_run(out: Path, metrics: dict[str, Any]) -> None:
+def finish_run(out: Path, metrics: dict[str, Any]) -> None:
     from pc3d.utils.atomic import atomic_write_json
 
     if _is_main_process():
         atomic_write_json(out / "metrics.json", metrics)
 
 
-def _report(line: str) -> None:
+def report(line: str) -> None:
+    """Print a run's summary line (rank 0 of a multi-process run only)."""
     if _is_main_process():
         print(line)
 
@@ -100,10 +104,10 @@ def run_pretrain(cfg) -> dict[str, Any]:
     trainer_cfg = TrainerConfig(**to_plain(cfg.trainer), seed=cfg.seed, device=cfg.device, resume=str(cfg.resume))
     trainer = Trainer(model, data.pretrain_dataset(augment=cfg.augment), trainer_cfg, cfg.out_dir,
                       run_config=to_plain(cfg))
-    out = _start_run(cfg)  # only once every input has been validated: a failed start leaves no output
+    out = start_run(cfg)  # only once every input has been validated: a failed start leaves no output
     metrics = trainer.fit()
-    _finish_run(out, metrics)
-    _report(f"pretrain: {metrics['steps']} steps, final loss {metrics['final_loss']:.5f}, "
+    finish_run(out, metrics)
+    report(f"pretrain: {metrics['steps']} steps, final loss {metrics['final_loss']:.5f}, "
             f"{metrics['samples_per_s']:.1f} samples/s, {metrics['wall_s']:.0f} s → {out}")
     return metrics
 
@@ -132,7 +136,7 @@ def run_probe(cfg) -> dict[str, Any]:
         seed_everything(cfg.seed)
         encoders["random"] = build_encoder(encoder_cfg)
 
-    out = _start_run(cfg)
+    out = start_run(cfg)
     order = np.concatenate([data.fit, data.val, data.test])
     bounds = np.cumsum([0, len(data.fit), len(data.val), len(data.test)])
     labels = data.labels(order)
@@ -150,7 +154,7 @@ def run_probe(cfg) -> dict[str, Any]:
         metrics.update({f"random_{k}": v for k, v in results["random"].items()})
     metrics["feature_dim"] = int(features.shape[1])
     metrics["wall_s"] = time.perf_counter() - started
-    _finish_run(out, metrics)
+    finish_run(out, metrics)
     source = str(data.cache.manifest.get("source", "data")).split(" ")[0]
     line = f"probe ({Path(source).name}, {len(data.val)} val shapes): "
     for split in ("val", "test"):
@@ -160,8 +164,20 @@ def run_probe(cfg) -> dict[str, Any]:
             if "pretrained" in results and "random" in results:
                 line += f" | random init {metrics[f'random_{split}_accuracy']:.4f}"
             line += "; "
-    print(line.rstrip("; ") + f" → {out}")
+    report(line.rstrip("; ") + f" → {out}")
     return metrics
+
+
+def run_finetune(cfg) -> dict[str, Any]:
+    from pc3d.eval.finetune import run_finetune as finetune
+
+    return finetune(cfg)
+
+
+def run_fewshot(cfg) -> dict[str, Any]:
+    from pc3d.eval.fewshot import run_fewshot as fewshot
+
+    return fewshot(cfg)
 
 
 def run_export(cfg) -> dict[str, Any]:
@@ -178,7 +194,7 @@ def run_export(cfg) -> dict[str, Any]:
     encoder, config = load_encoder(cfg.checkpoint, strict=bool(cfg.strict), format=str(cfg.format))
     save_encoder(encoder, out, config)
     parameters = sum(p.numel() for p in encoder.parameters())
-    _report(f"export: {cfg.checkpoint} → {out} ({config['_target_'].rsplit('.', 1)[-1]}, "
+    report(f"export: {cfg.checkpoint} → {out} ({config['_target_'].rsplit('.', 1)[-1]}, "
             f"{parameters / 1e6:.2f} M parameters)")
     return {"out": str(out), "parameters": parameters}
 
@@ -197,6 +213,7 @@ def run_prep(name: str, cfg) -> dict[str, Any]:
 
 
 COMMANDS: dict[str, Callable[[Any], dict[str, Any]]] = {"pretrain": run_pretrain, "probe": run_probe,
+                                                       "finetune": run_finetune, "fewshot": run_fewshot,
                                                        "export": run_export}
 PREP = ("modelnet",)
 

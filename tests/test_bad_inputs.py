@@ -153,6 +153,13 @@ CASES = [
     ("probe_bad_levels", lambda f: ["probe", "checkpoint=random", "probe.levels=middle", *f["synth"]],
      "probe.levels='middle'"),
     ("probe_bad_C", lambda f: ["probe", "checkpoint=random", "probe.Cs=[0.0]", *f["synth"]], "probe.Cs"),
+    # ---- finetune / fewshot
+    ("finetune_truncated_checkpoint", lambda f: ["finetune", f"checkpoint={f['truncated']}", *f["synth"]],
+     "truncated.pt"),
+    ("finetune_dropout_out_of_range", lambda f: ["finetune", "checkpoint=random", "finetune.dropout=1.5",
+                                                 *f["synth"]], "finetune.dropout must be in [0, 1)"),
+    ("fewshot_more_ways_than_classes", lambda f: ["fewshot", "checkpoint=random", "fewshot.settings=[[13,1]]",
+                                                  *f["synth"]], "13"),
     # ---- export
     ("export_wrong_suffix", lambda f: ["export", f"checkpoint={f['good_run']}", f"out={f['root'] / 'enc.pt'}"],
      "must end in .safetensors"),
@@ -182,9 +189,9 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, files, tmp_path, capsys)
     name, build, expect = case
     args = build(files)
     out_dir = tmp_path / "out"
-    if args[0] in ("pretrain", "probe"):
+    if args[0] in ("pretrain", "probe", "finetune", "fewshot"):
         args = [*args, f"out_dir={out_dir}"]
-    if args[0] == "pretrain" and len(args) > 2 and not any("max_steps" in a for a in args):
+    if args[0] in ("pretrain", "finetune", "fewshot") and len(args) > 2 and not any("max_steps" in a for a in args):
         # should a case wrongly start, it ends at once
         args = [*args, "trainer.max_steps=1"]
     before = {p for p in files["root"].rglob("*")}

@@ -146,3 +146,20 @@ def test_export_writes_an_encoder_file_that_reproduces_the_checkpoint(tmp_path, 
     with torch.no_grad():
         assert torch.equal(original(points).global_feature, exported(points).global_feature)
     assert main(["export", f"checkpoint={run}", f"out={out}", "overwrite=true"]) == 0
+
+
+def test_finetune_and_fewshot_commands_run_from_a_pretraining_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    synth = [f"data.root={tmp_path / 'synth'}", "data.train_per_class=6", "data.test_per_class=3",
+             "data.num_points=256"]
+    assert main(["pretrain", *TINY, *synth, "trainer.max_steps=2", f"out_dir={run}"]) == 0
+    assert main(["finetune", f"checkpoint={run}", *synth, "trainer.max_steps=3", "trainer.batch_size=8",
+                 f"out_dir={tmp_path / 'ft'}"]) == 0
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["init"] == "pretrained" and metrics["steps"] == 3 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert main(["fewshot", f"checkpoint={run}", *synth, "fewshot.settings=[[3,2]]", "fewshot.folds=2",
+                 "fewshot.queries_per_class=2", "trainer.max_steps=2", f"out_dir={tmp_path / 'fs'}"]) == 0
+    fewshot = json.loads((tmp_path / "fs" / "metrics.json").read_text())
+    assert {"3w2s_mean", "3w2s_std", "3w2s_fold0", "3w2s_fold1"} <= set(fewshot)
+    out = capsys.readouterr().out
+    assert "finetune (pretrained, 3 steps)" in out and "fewshot (pretrained, 2 folds" in out
