@@ -71,3 +71,34 @@ def test_bad_label_lines_and_files_are_named(tmp_path):
     (tmp_path / "lidar" / "000001.npz").write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(DataFormatError, match="000001.npz: not a readable .npz"):
         read_sunrgbd_frame(tmp_path, "000001")
+
+
+def test_scene_augmentations_keep_every_point_in_its_boxes():
+    from pc3d.data.transforms import augment_scene, flip_scene, rotate_scene_z, scale_scene
+
+    frame = read_sunrgbd_frame(require_shared("sunrgbd"), "000001")
+    points, boxes = frame.points[::5], frame.boxes
+
+    def membership(p, b):
+        out = []
+        for box in b:
+            d = p[:, :3].astype(np.float64) - box[:3]
+            c, s = math.cos(box[6]), math.sin(box[6])
+            lx, ly = d[:, 0] * c + d[:, 1] * s, -d[:, 0] * s + d[:, 1] * c
+            out.append((np.abs(lx) <= box[3] / 2 - 1e-4) & (np.abs(ly) <= box[4] / 2 - 1e-4)
+                       & (np.abs(d[:, 2]) <= box[5] / 2 - 1e-4))
+        return np.stack(out)
+
+    before = membership(points, boxes)
+    assert before.sum() > 500
+    transforms = [lambda p, b: flip_scene(p, b, 0), lambda p, b: flip_scene(p, b, 1),
+                  lambda p, b: rotate_scene_z(p, b, 0.7), lambda p, b: scale_scene(p, b, 1.3),
+                  lambda p, b: augment_scene(p, b, np.random.default_rng(3), flip_axes=(0, 1))]
+    for transform in transforms:
+        p, b = transform(points, boxes)
+        after = membership(p, b)
+        # points on a face may move across by float rounding; nothing else may change
+        assert (after != before).sum() <= 2, transform
+        assert not np.shares_memory(p, points) and p[:, 3:].tolist() == points[:, 3:].tolist()
+    flipped = flip_scene(points, boxes, 1)[1]
+    assert not np.allclose(flipped[:, 6], boxes[:, 6])  # the heading really changed

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize_unit_sphere", "random_subsample", "scale_and_translate"]
+__all__ = ["augment_scene", "flip_scene", "normalize_unit_sphere", "random_subsample", "rotate_scene_z",
+           "scale_and_translate", "scale_scene"]
 
 
 def _check_xyz(xyz: np.ndarray) -> np.ndarray:
@@ -76,3 +77,53 @@ def scale_and_translate(xyz: np.ndarray, rng: np.random.Generator, scale_low: fl
     scale = rng.uniform(scale_low, scale_high, size=3)
     shift = rng.uniform(-translate_range, translate_range, size=3)
     return (xyz.astype(np.float64) * scale + shift).astype(np.float32)
+
+
+# ---------------------------------------------------------------- scenes with boxes
+# Points (N, 3+C) with xyz first; boxes (K, 7) [cx, cy, cz, dx, dy, dz, yaw] (pc3d/ops/boxes.py).
+# Every transform moves points and boxes together, so each point stays inside the same boxes.
+
+
+def flip_scene(points: np.ndarray, boxes: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror ``x`` (``axis=0``: yaw → π − yaw) or ``y`` (``axis=1``: yaw → −yaw)."""
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 (x) or 1 (y), got {axis}")
+    points, boxes = points.copy(), boxes.copy()
+    points[:, axis] = -points[:, axis]
+    boxes[:, axis] = -boxes[:, axis]
+    boxes[:, 6] = (np.pi - boxes[:, 6]) if axis == 0 else -boxes[:, 6]
+    return points, boxes
+
+
+def rotate_scene_z(points: np.ndarray, boxes: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate about +z by ``angle`` radians (counter-clockwise from above); yaw += angle."""
+    c, s = np.cos(angle), np.sin(angle)
+    rotation = np.array([[c, -s], [s, c]], dtype=np.float64)
+    points, boxes = points.copy(), boxes.copy()
+    points[:, :2] = (points[:, :2].astype(np.float64) @ rotation.T).astype(points.dtype)
+    boxes[:, :2] = (boxes[:, :2].astype(np.float64) @ rotation.T).astype(boxes.dtype)
+    boxes[:, 6] = boxes[:, 6] + angle
+    return points, boxes
+
+
+def scale_scene(points: np.ndarray, boxes: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scale xyz, box centres and sizes by ``factor`` > 0."""
+    if not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    points, boxes = points.copy(), boxes.copy()
+    points[:, :3] *= factor
+    boxes[:, :6] *= factor
+    return points, boxes
+
+
+def augment_scene(points: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *,
+                  flip_axes: tuple[int, ...] = (0,), max_rotation: float = np.pi / 6,
+                  scale_range: tuple[float, float] = (0.85, 1.15)) -> tuple[np.ndarray, np.ndarray]:
+    """VoteNet-style scene augmentation: each axis in ``flip_axes`` mirrored with p = 0.5, a rotation
+    uniform in ±``max_rotation`` about z, a uniform scale in ``scale_range`` (defaults: its SUN RGB-D
+    setting; ScanNet uses flips of x and y and ±π/36)."""
+    for axis in flip_axes:
+        if rng.random() < 0.5:
+            points, boxes = flip_scene(points, boxes, axis)
+    points, boxes = rotate_scene_z(points, boxes, float(rng.uniform(-max_rotation, max_rotation)))
+    return scale_scene(points, boxes, float(rng.uniform(*scale_range)))
