@@ -5,6 +5,7 @@ Commands:
     probe      frozen-feature probe + random-init baseline (configs/probe.yaml)
     finetune   fine-tune encoder + Point-MAE head, optional voting (configs/finetune.yaml)
     fewshot    N-way K-shot classification over seeded folds (configs/fewshot.yaml)
+    detect train|eval   3D detection head + mAP@0.25/0.5 (configs/detect.yaml)
     export     a checkpoint's encoder as one .safetensors file (configs/export.yaml)
     prep NAME  dataset preparation, e.g. ``pc3d prep modelnet src=DIR dst=DIR`` (configs/prep/NAME.yaml)
 
@@ -242,10 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name not in PREP:
                 raise ConfigError(f"unknown dataset for prep: {name!r} (available: {', '.join(PREP)})")
             run_prep(name, compose(f"prep/{name}", overrides))
+        elif command == "detect":
+            if not overrides or overrides[0] not in ("train", "eval"):
+                raise ConfigError("usage: pc3d detect train|eval key=value ...")
+            from pc3d.eval.detect import run_detect
+
+            run_detect(overrides[0], compose("detect", overrides[1:]))
         elif command in COMMANDS:
             COMMANDS[command](compose(command, overrides))
         else:
-            raise ConfigError(f"unknown command {command!r} (commands: {', '.join([*COMMANDS, 'prep'])})")
+            raise ConfigError(f"unknown command {command!r} (commands: {', '.join([*COMMANDS, 'detect', 'prep'])})")
     except Pc3dError as exc:
         print(f"pc3d: error: {_one_line(exc)}", file=sys.stderr)
         return 2

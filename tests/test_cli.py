@@ -163,3 +163,21 @@ def test_finetune_and_fewshot_commands_run_from_a_pretraining_run(tmp_path, caps
     assert {"3w2s_mean", "3w2s_std", "3w2s_fold0", "3w2s_fold1"} <= set(fewshot)
     out = capsys.readouterr().out
     assert "finetune (pretrained, 3 steps)" in out and "fewshot (pretrained, 2 folds" in out
+
+
+def test_detect_train_then_eval_on_synthetic_rooms(tmp_path, capsys):
+    run = tmp_path / "det"
+    small = ["data.train_scenes=4", "data.val_scenes=2", "data.num_points=2048", "detect.num_groups=64",
+             "detect.group_size=16", "encoder.embed_dim=48", "encoder.depth=1", "encoder.num_heads=3",
+             "trainer.batch_size=2"]
+    assert main(["detect", "train", "checkpoint=random", *small, "trainer.max_steps=3", f"out_dir={run}"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"mAP25", "mAP50", "recall25", "recall50", "val_scenes", "init"} <= set(metrics)
+    assert metrics["steps"] == 3 and metrics["val_scenes"] == 2
+    pngs = sorted(run.glob("bev_*.png"))
+    assert len(pngs) == 2 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["detect", "eval", f"checkpoint={run}", *small, f"out_dir={tmp_path / 'eval'}"]) == 0
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["mAP25"] == metrics["mAP25"] and again["steps"] == 3
+    assert main(["detect", "fit"]) == 2
+    assert "usage: pc3d detect train|eval" in capsys.readouterr().err

@@ -102,3 +102,28 @@ def test_scene_augmentations_keep_every_point_in_its_boxes():
         assert not np.shares_memory(p, points) and p[:, 3:].tolist() == points[:, 3:].tolist()
     flipped = flip_scene(points, boxes, 1)[1]
     assert not np.allclose(flipped[:, 6], boxes[:, 6])  # the heading really changed
+
+
+def test_detection_datasets_pad_boxes_and_are_seeded():
+    from pc3d.data.detection_data import scannet_data, sunrgbd_data, synthetic_rooms_data
+
+    scannet = scannet_data(require_shared("scannet"), ["scene0000_00"], ["scene0000_01"], num_points=5000)
+    assert not scannet.oriented and len(scannet.val) == 1 and scannet.val[0].name == "scene0000_01"
+    dataset = scannet.dataset("train", augment=True, seed=1)
+    a, b = dataset[0], dataset[0]
+    assert torch_equal(a, b) and a["points"].shape == (5000, 3)
+    assert (a["gt_labels"] >= 0).sum() == len(scannet.train[0].boxes)
+    dataset.set_epoch(1)
+    assert not np.array_equal(dataset[0]["points"].numpy(), a["points"].numpy())
+    sun = sunrgbd_data(require_shared("sunrgbd"), ["000001", "000002"])
+    assert sun.oriented and sun.val == sun.train
+    padded = sun.dataset("val", augment=False, seed=0)
+    assert padded[0]["gt_boxes"].shape == padded[1]["gt_boxes"].shape
+    rooms = synthetic_rooms_data(train_scenes=2, val_scenes=1, num_points=1024)
+    assert rooms.class_names and len(rooms.train) == 2
+    with pytest.raises(DataFormatError, match="data.root=.*directory not found"):
+        scannet_data(require_shared("scannet") / "nope", ["scene0000_00"])
+
+
+def torch_equal(a, b):
+    return all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)

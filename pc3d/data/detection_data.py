@@ -1,0 +1,128 @@
+"""Detection datasets as the CLI sees them: scenes with boxes, split into train and val.
+
+``data=synthetic_rooms`` (embedded default), ``data=scannet`` and ``data=sunrgbd`` resolve to
+:class:`DetectionData` through the functions below (the ``_target_`` of ``configs/data/*.yaml``).
+:class:`DetectionDataset` turns scenes into fixed-size training samples.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pc3d.data.detection_scenes import (SCANNET_CLASSES, SUNRGBD_CLASSES, DetectionScene, read_scannet_scene,
+                                        read_sunrgbd_frame)
+from pc3d.data.synthetic_rooms import ROOM_CLASSES, generate_room
+from pc3d.data.transforms import augment_scene
+from pc3d.errors import ConfigError, DataFormatError
+
+
+@dataclass
+class DetectionData:
+    """Train and val scenes of one dataset; ``oriented``: boxes carry a yaw (IoU and head use it)."""
+
+    train: list[DetectionScene]
+    val: list[DetectionScene]
+    class_names: tuple[str, ...]
+    oriented: bool
+    num_points: int
+    flip_axes: tuple[int, ...] = (0,)
+    max_rotation: float = float(np.pi / 6)
+    scale_range: tuple[float, float] = (0.85, 1.15)
+
+    def dataset(self, split: str, augment: bool, seed: int) -> "DetectionDataset":
+        scenes = {"train": self.train, "val": self.val}.get(split)
+        if scenes is None:
+            raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
+        return DetectionDataset(scenes, self.num_points, augment=augment, seed=seed, flip_axes=self.flip_axes,
+                                max_rotation=self.max_rotation, scale_range=self.scale_range)
+
+
+class DetectionDataset(Dataset):
+    """``{"points": (num_points, 3), "gt_boxes": (K_max, 7), "gt_labels": (K_max,)}`` per scene.
+
+    Points are a random subset of the scene (with replacement only when it has fewer); with
+    ``augment`` the VoteNet-style :func:`~pc3d.data.transforms.augment_scene` moves points and
+    boxes together. Boxes are padded to the largest count of the dataset with label -1. Every
+    sample depends only on ``(seed, epoch, index)``.
+    """
+
+    def __init__(self, scenes: Sequence[DetectionScene], num_points: int, augment: bool, seed: int,
+                 flip_axes: tuple[int, ...] = (0,), max_rotation: float = float(np.pi / 6),
+                 scale_range: tuple[float, float] = (0.85, 1.15)) -> None:
+        if not scenes:
+            raise DataFormatError("the detection dataset has no scenes")
+        self.scenes = list(scenes)
+        self.num_points, self.augment, self.seed = num_points, augment, seed
+        self.flip_axes, self.max_rotation, self.scale_range = tuple(flip_axes), max_rotation, tuple(scale_range)
+        self.max_boxes = max(1, max(len(s.boxes) for s in self.scenes))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scene = self.scenes[index]
+        rng = np.random.default_rng([self.seed, self.epoch if self.augment else 0, index])
+        count = len(scene.points)
+        pick = rng.choice(count, self.num_points, replace=count < self.num_points)
+        points, boxes = scene.points[pick, :3], scene.boxes
+        if self.augment:
+            points, boxes = augment_scene(points, boxes, rng, flip_axes=self.flip_axes,
+                                          max_rotation=self.max_rotation, scale_range=self.scale_range)
+        gt_boxes = np.zeros((self.max_boxes, 7), dtype=np.float32)
+        gt_labels = np.full(self.max_boxes, -1, dtype=np.int64)
+        gt_boxes[:len(boxes)] = boxes
+        gt_labels[:len(boxes)] = scene.labels
+        return {"points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
+                "gt_boxes": torch.from_numpy(gt_boxes), "gt_labels": torch.from_numpy(gt_labels)}
+
+
+def synthetic_rooms_data(train_scenes: int = 64, val_scenes: int = 16, num_points: int = 8192,
+                         density: float = 400.0, generator_seed: int = 0) -> DetectionData:
+    """Rooms ``0..train_scenes-1`` for training, the next ``val_scenes`` held out."""
+    if train_scenes < 1 or val_scenes < 1:
+        raise ConfigError(f"data.train_scenes and data.val_scenes must be >= 1, got {train_scenes}, {val_scenes}")
+    rooms = [generate_room(i, seed=generator_seed, density=density) for i in range(train_scenes + val_scenes)]
+    return DetectionData(rooms[:train_scenes], rooms[train_scenes:], ROOM_CLASSES, oriented=True,
+                         num_points=num_points, flip_axes=(0, 1), max_rotation=float(np.pi))
+
+
+def _names(value: Sequence[str] | str, key: str) -> list[str]:
+    names = [value] if isinstance(value, str) else list(value)
+    if not names:
+        raise ConfigError(f"data.{key} is empty")
+    return names
+
+
+def scannet_data(root: str | os.PathLike, train: Sequence[str], val: Sequence[str] | None = None,
+                 num_points: int = 40000) -> DetectionData:
+    """ScanNet scenes ``<root>/<name>_{vert_all,bbox}.npy``; ``val`` defaults to ``train`` (fitting check)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFormatError(f"data.root={root}: directory not found")
+    train_scenes = [read_scannet_scene(root / name) for name in _names(train, "train")]
+    val_scenes = [read_scannet_scene(root / name) for name in _names(val, "val")] if val else train_scenes
+    return DetectionData(train_scenes, val_scenes, SCANNET_CLASSES, oriented=False, num_points=num_points,
+                         flip_axes=(0, 1), max_rotation=float(np.pi / 36))
+
+
+def sunrgbd_data(root: str | os.PathLike, train: Sequence[str], val: Sequence[str] | None = None,
+                 num_points: int = 20000, label_dir: str = "label") -> DetectionData:
+    """SUN RGB-D frames ``<root>/lidar/<id>.npz`` + ``<root>/<label_dir>/<id>.txt``; ``val`` defaults to ``train``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFormatError(f"data.root={root}: directory not found")
+    train_frames = [read_sunrgbd_frame(root, str(name), label_dir) for name in _names(train, "train")]
+    val_frames = ([read_sunrgbd_frame(root, str(name), label_dir) for name in _names(val, "val")]
+                  if val else train_frames)
+    return DetectionData(train_frames, val_frames, SUNRGBD_CLASSES, oriented=True, num_points=num_points)

@@ -1,0 +1,168 @@
+"""``pc3d detect train|eval``: fit the detection head (with its encoder) and score it with mAP@0.25/0.5.
+
+``train`` builds the encoder (``checkpoint=random`` from ``encoder``; otherwise any file
+:func:`pc3d.hub.load_encoder` reads, strict, with ``detect.num_groups`` / ``detect.group_size``
+setting how many patch tokens a scene gets), puts a :class:`~pc3d.eval.detection_head.CenterDetectionHead`
+on its last level (oriented heading bins when the data's boxes are oriented), trains both with
+the one Trainer into ``out_dir`` and evaluates the final model on the val scenes. ``eval``
+rebuilds the detector from a ``detect train`` run directory (its newest checkpoint) and only
+evaluates. Both write ``metrics.json`` and a bird's-eye PNG per scene for the first
+``detect.bev_scenes`` val scenes (points grey, ground truth green, detections above
+``detect.bev_score`` red).
+
+Metric keys (stable): ``mAP25``, ``mAP50``, ``recall25``, ``recall50``, ``AP25/<class>``,
+``AP50/<class>``, ``recall25/<class>``, ``recall50/<class>`` (see :mod:`pc3d.eval.detection`),
+``val_scenes``, ``init`` ("pretrained" | "random"), ``steps``, ``train_final_loss`` (train only),
+``wall_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pc3d.data.detection_data import DetectionData
+from pc3d.data.detection_scenes import DetectionScene
+from pc3d.errors import CheckpointError, ConfigError
+from pc3d.eval.detection import SceneBoxes, SceneDetections, evaluate_detections
+from pc3d.eval.detection_head import CenterDetectionHead, Detector
+from pc3d.ops.boxes import box_corners, box_iou_3d, box_iou_3d_aligned
+from pc3d.utils.atomic import atomic_write
+from pc3d.utils.config import to_plain
+
+
+def build_detector(encoder: torch.nn.Module, data: DetectionData, detect: dict[str, Any]) -> Detector:
+    width = getattr(encoder, "embed_dim", None)
+    if width is None:
+        raise ConfigError(f"{type(encoder).__name__} has no embed_dim: cannot size the detection head")
+    head = CenterDetectionHead(int(width), len(data.class_names),
+                               num_heading_bins=int(detect["num_heading_bins"]) if data.oriented else 0,
+                               hidden_dim=int(detect["hidden_dim"]), focal_gamma=float(detect["focal_gamma"]),
+                               focal_alpha=float(detect["focal_alpha"]))
+    return Detector(encoder, head)
+
+
+def detect_scenes(detector: Detector, data: DetectionData, detect: dict[str, Any], seed: int,
+                  device: torch.device) -> list[SceneDetections]:
+    """Detections for every val scene (unaugmented, ``data.num_points`` points each, seeded)."""
+    dataset = data.dataset("val", augment=False, seed=seed)
+    detector = detector.to(device).eval()
+    out = []
+    for index in range(len(dataset)):
+        points = dataset[index]["points"][None].to(device)
+        scene = detector.detect(points, score_threshold=float(detect["score_threshold"]),
+                                nms_iou=float(detect["nms_iou"]), max_boxes=int(detect["max_boxes"]))[0]
+        out.append(SceneDetections(scene.boxes.cpu(), scene.scores.cpu(), scene.labels.cpu()))
+    return out
+
+
+def score(data: DetectionData, detections: list[SceneDetections]) -> dict[str, float]:
+    truth = [SceneBoxes(torch.from_numpy(s.boxes), torch.from_numpy(s.labels)) for s in data.val]
+    return evaluate_detections(detections, truth, iou_fn=box_iou_3d if data.oriented else box_iou_3d_aligned,
+                               class_names=data.class_names)
+
+
+def write_bev_png(path: Path, scene: DetectionScene, detections: SceneDetections, min_score: float,
+                  size: int = 640) -> None:
+    """Bird's-eye view: points grey, ground-truth boxes green, detections with score ≥ ``min_score`` red."""
+    from PIL import Image, ImageDraw
+
+    xy = scene.points[:, :2]
+    lo, hi = xy.min(0) - 0.2, xy.max(0) + 0.2
+    scale = (size - 1) / float((hi - lo).max())
+
+    def pixel(points: np.ndarray) -> list[tuple[float, float]]:
+        p = (points - lo) * scale
+        return [(float(x), float(size - 1 - y)) for x, y in p]
+
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    step = max(1, len(xy) // 20000)
+    for x, y in pixel(xy[::step]):
+        draw.point((x, y), fill=(170, 170, 170))
+    for boxes, colour in ((scene.boxes, (0, 160, 0)),
+                          (detections.boxes[detections.scores >= min_score].numpy(), (220, 0, 0))):
+        if len(boxes):
+            for corners in box_corners(torch.from_numpy(np.asarray(boxes, dtype=np.float64)))[:, :4, :2].numpy():
+                outline = pixel(corners)
+                draw.line(outline + outline[:1], fill=colour, width=2)
+    with atomic_write(path) as handle:
+        image.save(handle, format="PNG")
+
+
+def _report_bev(out: Path, data: DetectionData, detections: list[SceneDetections], detect: dict[str, Any]) -> None:
+    from pc3d.cli import _is_main_process
+
+    if not _is_main_process():
+        return
+    for scene, found in list(zip(data.val, detections))[: int(detect["bev_scenes"])]:
+        write_bev_png(out / f"bev_{scene.name}.png", scene, found, float(detect["bev_score"]))
+
+
+def run_detect(mode: str, cfg) -> dict[str, Any]:
+    """``mode``: ``train`` or ``eval`` (see module docstring); returns the flat metrics."""
+    from pc3d.cli import finish_run, report, start_run
+    from pc3d.hub import build_encoder, load_encoder
+    from pc3d.train import Trainer, TrainerConfig, resolve_device
+    from pc3d.train.checkpoint import latest_checkpoint
+    from pc3d.utils.config import call_target, seed_everything
+
+    started = time.perf_counter()
+    detect = to_plain(cfg.detect)
+    device = resolve_device(cfg.device)
+    data = call_target(cfg.data, "data")
+    if not isinstance(data, DetectionData):
+        raise ConfigError(f"data: pc3d detect needs a detection dataset (synthetic_rooms, scannet, sunrgbd), "
+                          f"got {type(data).__name__}")
+    tokens = {"num_groups": int(detect["num_groups"]), "group_size": int(detect["group_size"])}
+    seed_everything(cfg.seed)
+    if mode == "eval":
+        found = latest_checkpoint(cfg.checkpoint) if Path(str(cfg.checkpoint)).is_dir() else None
+        if found is None:
+            raise CheckpointError(f"checkpoint={cfg.checkpoint}: expected a `pc3d detect train` run directory "
+                                  "with a readable checkpoint")
+        state = found[1]
+        stored = state.get("config") or {}
+        if "detect" not in stored or "encoder" not in stored:
+            raise CheckpointError(f"{found[0]}: not a `pc3d detect train` checkpoint (no detect/encoder config)")
+        detect = {**stored["detect"], **{k: detect[k] for k in ("score_threshold", "nms_iou", "max_boxes",
+                                                                 "bev_scenes", "bev_score")}}
+        detector = build_detector(build_encoder(stored["encoder"]), data, detect)
+        try:
+            detector.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{found[0]}: detector weights do not fit this data's classes/heading "
+                                  f"({str(exc).splitlines()[0]})") from exc
+        init, fit = str(stored.get("init", "unknown")), {"steps": int(state["step"])}
+        out = start_run(cfg)
+    else:
+        if str(cfg.checkpoint) == "random":
+            encoder_config = {**to_plain(cfg.encoder), **tokens}
+            encoder, init = build_encoder(encoder_config), "random"
+        else:
+            encoder, encoder_config = load_encoder(cfg.checkpoint, config_overrides=tokens)
+            init = "pretrained"
+        detector = build_detector(encoder, data, detect)
+        run_config = {**to_plain(cfg), "encoder": encoder_config, "init": init}
+        trainer_cfg = TrainerConfig(**to_plain(cfg.trainer), seed=cfg.seed, device=cfg.device, resume=str(cfg.resume))
+        trainer = Trainer(detector, data.dataset("train", augment=bool(cfg.augment), seed=cfg.seed), trainer_cfg,
+                          cfg.out_dir, run_config=run_config)
+        from omegaconf import OmegaConf
+
+        out = start_run(OmegaConf.create(run_config))
+        fit = trainer.fit()
+    detections = detect_scenes(detector, data, detect, cfg.seed, device)
+    metrics: dict[str, Any] = {"init": init, **score(data, detections), "val_scenes": len(data.val),
+                               "steps": fit["steps"]}
+    if "final_loss" in fit:
+        metrics["train_final_loss"] = fit["final_loss"]
+    _report_bev(out, data, detections, detect)
+    metrics["wall_s"] = time.perf_counter() - started
+    finish_run(out, metrics)
+    report(f"detect {mode} ({init}, {len(data.val)} val scenes): mAP@0.25 {metrics['mAP25']:.4f}, "
+           f"mAP@0.5 {metrics['mAP50']:.4f} → {out}")
+    return metrics
