@@ -181,3 +181,17 @@ def test_detect_train_then_eval_on_synthetic_rooms(tmp_path, capsys):
     assert again["mAP25"] == metrics["mAP25"] and again["steps"] == 3
     assert main(["detect", "fit"]) == 2
     assert "usage: pc3d detect train|eval" in capsys.readouterr().err
+
+
+def test_pretrain_on_rooms_then_detect_from_the_checkpoint(tmp_path):
+    rooms = ["data=synthetic_rooms", "data.train_scenes=4", "data.val_scenes=1", "data.num_points=2048"]
+    encoder = ["encoder.embed_dim=48", "encoder.depth=1", "encoder.num_heads=3"]
+    pre = tmp_path / "pre"
+    assert main(["pretrain", *rooms, *encoder, "encoder.num_groups=64", "encoder.group_size=32",
+                 "method.decoder_depth=1", "method.decoder_num_heads=3", "trainer.batch_size=2",
+                 "trainer.max_steps=2", f"out_dir={pre}"]) == 0
+    det = tmp_path / "det"
+    assert main(["detect", "train", f"checkpoint={pre}", *rooms, "detect.num_groups=96", "detect.group_size=16",
+                 "trainer.batch_size=2", "trainer.max_steps=2", f"out_dir={det}"]) == 0
+    metrics = json.loads((det / "metrics.json").read_text())
+    assert metrics["init"] == "pretrained" and metrics["steps"] == 2

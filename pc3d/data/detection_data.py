@@ -36,6 +36,11 @@ class DetectionData:
     max_rotation: float = float(np.pi / 6)
     scale_range: tuple[float, float] = (0.85, 1.15)
 
+    def pretrain_dataset(self, augment: bool = True, seed: int = 0) -> "DetectionDataset":
+        """The train scenes for self-supervised pretraining (``pc3d pretrain data=synthetic_rooms``);
+        methods read ``points`` and ignore the boxes."""
+        return self.dataset("train", augment=augment, seed=seed)
+
     def dataset(self, split: str, augment: bool, seed: int) -> "DetectionDataset":
         scenes = {"train": self.train, "val": self.val}.get(split)
         if scenes is None:
