@@ -35,11 +35,12 @@ class DetectionData:
     flip_axes: tuple[int, ...] = (0,)
     max_rotation: float = float(np.pi / 6)
     scale_range: tuple[float, float] = (0.85, 1.15)
+    seed: int = 0
 
-    def pretrain_dataset(self, augment: bool = True, seed: int = 0) -> "DetectionDataset":
-        """The train scenes for self-supervised pretraining (``pc3d pretrain data=synthetic_rooms``);
-        methods read ``points`` and ignore the boxes."""
-        return self.dataset("train", augment=augment, seed=seed)
+    def pretrain_dataset(self, augment: bool = True) -> "DetectionDataset":
+        """The train scenes for self-supervised pretraining (``pc3d pretrain data=synthetic_rooms``),
+        seeded with ``seed``; methods read ``points`` and ignore the boxes."""
+        return self.dataset("train", augment=augment, seed=self.seed)
 
     def dataset(self, split: str, augment: bool, seed: int) -> "DetectionDataset":
         scenes = {"train": self.train, "val": self.val}.get(split)
@@ -93,13 +94,13 @@ class DetectionDataset(Dataset):
 
 
 def synthetic_rooms_data(train_scenes: int = 64, val_scenes: int = 16, num_points: int = 8192,
-                         density: float = 400.0, generator_seed: int = 0) -> DetectionData:
+                         density: float = 400.0, generator_seed: int = 0, seed: int = 0) -> DetectionData:
     """Rooms ``0..train_scenes-1`` for training, the next ``val_scenes`` held out."""
     if train_scenes < 1 or val_scenes < 1:
         raise ConfigError(f"data.train_scenes and data.val_scenes must be >= 1, got {train_scenes}, {val_scenes}")
     rooms = [generate_room(i, seed=generator_seed, density=density) for i in range(train_scenes + val_scenes)]
     return DetectionData(rooms[:train_scenes], rooms[train_scenes:], ROOM_CLASSES, oriented=True,
-                         num_points=num_points, flip_axes=(0, 1), max_rotation=float(np.pi))
+                         num_points=num_points, flip_axes=(0, 1), max_rotation=float(np.pi), seed=seed)
 
 
 def _names(value: Sequence[str] | str, key: str) -> list[str]:
@@ -110,7 +111,7 @@ def _names(value: Sequence[str] | str, key: str) -> list[str]:
 
 
 def scannet_data(root: str | os.PathLike, train: Sequence[str], val: Sequence[str] | None = None,
-                 num_points: int = 40000) -> DetectionData:
+                 num_points: int = 40000, seed: int = 0) -> DetectionData:
     """ScanNet scenes ``<root>/<name>_{vert_all,bbox}.npy``; ``val`` defaults to ``train`` (fitting check)."""
     root = Path(root)
     if not root.is_dir():
@@ -118,11 +119,11 @@ def scannet_data(root: str | os.PathLike, train: Sequence[str], val: Sequence[st
     train_scenes = [read_scannet_scene(root / name) for name in _names(train, "train")]
     val_scenes = [read_scannet_scene(root / name) for name in _names(val, "val")] if val else train_scenes
     return DetectionData(train_scenes, val_scenes, SCANNET_CLASSES, oriented=False, num_points=num_points,
-                         flip_axes=(0, 1), max_rotation=float(np.pi / 36))
+                         flip_axes=(0, 1), max_rotation=float(np.pi / 36), seed=seed)
 
 
 def sunrgbd_data(root: str | os.PathLike, train: Sequence[str], val: Sequence[str] | None = None,
-                 num_points: int = 20000, label_dir: str = "label") -> DetectionData:
+                 num_points: int = 20000, label_dir: str = "label", seed: int = 0) -> DetectionData:
     """SUN RGB-D frames ``<root>/lidar/<id>.npz`` + ``<root>/<label_dir>/<id>.txt``; ``val`` defaults to ``train``."""
     root = Path(root)
     if not root.is_dir():
@@ -130,4 +131,5 @@ def sunrgbd_data(root: str | os.PathLike, train: Sequence[str], val: Sequence[st
     train_frames = [read_sunrgbd_frame(root, str(name), label_dir) for name in _names(train, "train")]
     val_frames = ([read_sunrgbd_frame(root, str(name), label_dir) for name in _names(val, "val")]
                   if val else train_frames)
-    return DetectionData(train_frames, val_frames, SUNRGBD_CLASSES, oriented=True, num_points=num_points)
+    return DetectionData(train_frames, val_frames, SUNRGBD_CLASSES, oriented=True, num_points=num_points,
+                         seed=seed)
