@@ -156,3 +156,13 @@ def test_nms_never_suppresses_across_labels():
     assert nms_3d(boxes, scores, 0.5).tolist() == [0]
     assert nms_3d(boxes, scores, 0.5, labels=torch.tensor([0, 1, 0, 2])).tolist() == [0, 1, 3]
     assert nms_3d(boxes[:0], scores[:0], 0.5).numel() == 0
+
+
+def test_points_in_boxes_matches_the_corner_frame():
+    from pc3d.ops.boxes import points_in_boxes
+
+    box = torch.tensor([[1.0, 2.0, 0.5, 2.0, 1.0, 1.0, math.pi / 2]], dtype=torch.float64)  # dx now along y
+    points = torch.tensor([[1.0, 2.9, 0.5], [1.9, 2.0, 0.5], [1.0, 2.0, 1.1]], dtype=torch.float64)
+    assert points_in_boxes(points, box)[:, 0].tolist() == [True, False, False]
+    corners = box_corners(box)[0]
+    assert points_in_boxes(corners * 0.999 + box[0, :3] * 0.001, box).all()

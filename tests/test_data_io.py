@@ -532,3 +532,15 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
     d.mkdir()
     with pytest.raises(DataFormatError, match="folder.pcd"):
         read_points(d)
+
+
+def test_read_array_reads_any_npy_and_names_bad_files(tmp_path):
+    from pc3d.data.io import read_array
+
+    good = tmp_path / "boxes.npy"
+    np.save(good, np.arange(14.0).reshape(2, 7))
+    assert read_array(good).shape == (2, 7)
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"not numpy")
+    with pytest.raises(DataFormatError, match="bad.npy: not a .npy file"):
+        read_array(bad)

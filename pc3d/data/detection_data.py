@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from pc3d.data.detection_scenes import (SCANNET_CLASSES, SUNRGBD_CLASSES, DetectionScene, read_scannet_scene,
                                         read_sunrgbd_frame)
 from pc3d.data.synthetic_rooms import ROOM_CLASSES, generate_room
-from pc3d.data.transforms import augment_scene
+from pc3d.data.transforms import augment_scene, random_subsample
 from pc3d.errors import ConfigError, DataFormatError
 
 
@@ -79,9 +79,7 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.scenes[index]
         rng = np.random.default_rng([self.seed, self.epoch if self.augment else 0, index])
-        count = len(scene.points)
-        pick = rng.choice(count, self.num_points, replace=count < self.num_points)
-        points, boxes = scene.points[pick, :3], scene.boxes
+        points, boxes = random_subsample(scene.points[:, :3], self.num_points, rng), scene.boxes
         if self.augment:
             points, boxes = augment_scene(points, boxes, rng, flip_axes=self.flip_axes,
                                           max_rotation=self.max_rotation, scale_range=self.scale_range)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pc3d.data.io import read_array
 from pc3d.errors import DataFormatError
 
 SCANNET_CLASSES = ("cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
@@ -49,15 +50,6 @@ class DetectionScene:
     class_names: tuple[str, ...]
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataFormatError(f"{path}: not a readable .npy array ({exc})") from exc
-
-
 def _check_points(path: Path, points: np.ndarray) -> np.ndarray:
     if points.ndim != 2 or points.shape[1] < 3:
         raise DataFormatError(f"{path}: expected (N, 3+C) points, got shape {points.shape}")
@@ -71,7 +63,7 @@ def _check_points(path: Path, points: np.ndarray) -> np.ndarray:
 def read_scannet_boxes(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """``<scene>_bbox.npy`` → boxes ``(K, 7)`` (yaw 0) and labels ``(K,)`` indices into :data:`SCANNET_CLASSES`."""
     path = Path(path)
-    raw = _load_npy(path)
+    raw = read_array(path)
     if raw.ndim != 2 or raw.shape[1] != 7:
         raise DataFormatError(f"{path}: expected (K, 7) [cx, cy, cz, dx, dy, dz, nyu40_id] boxes, got {raw.shape}")
     if not np.isfinite(raw).all() or (raw[:, 3:6] < 0).any():
@@ -88,7 +80,8 @@ def read_scannet_boxes(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
 def read_scannet_scene(prefix: str | os.PathLike) -> DetectionScene:
     """``<prefix>_vert_all.npy`` + ``<prefix>_bbox.npy`` (e.g. ``.../scannet/scene0000_00``)."""
     prefix = Path(prefix)
-    points = _check_points(Path(f"{prefix}_vert_all.npy"), _load_npy(Path(f"{prefix}_vert_all.npy")))
+    vertices = Path(f"{prefix}_vert_all.npy")
+    points = _check_points(vertices, read_array(vertices))
     boxes, labels = read_scannet_boxes(Path(f"{prefix}_bbox.npy"))
     return DetectionScene(prefix.name, points, boxes, labels, SCANNET_CLASSES)
 

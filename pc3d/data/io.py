@@ -54,6 +54,7 @@ __all__ = [
     "read_pcd",
     "read_ply",
     "read_off",
+    "read_array",
     "read_npy",
     "read_npz",
     "read_txt",
@@ -672,15 +673,19 @@ def read_off(path: PathLike, *, num_surface_points: int = 8192, seed: int = 0) -
 # --------------------------------------------------------------------------------------
 
 
-def read_npy(path: PathLike) -> PointCloud:
-    """Read an ``(N, >=3)`` ``.npy`` array (no pickles); columns 3:9 as in the module doc."""
+def read_array(path: PathLike) -> np.ndarray:
+    """Any ``.npy`` array (no pickles), with house-style errors naming the file."""
     if not _read_bytes(path, 6).startswith(b"\x93NUMPY"):
         raise _fail(path, "not a .npy file (expected the NumPy array format)")
     try:
-        arr = np.load(path, allow_pickle=False)
+        return np.asarray(np.load(path, allow_pickle=False))
     except (ValueError, OSError, EOFError) as exc:
         raise _fail(path, f"not a valid .npy array ({exc})") from exc
-    return _columns_to_cloud(path, np.asarray(arr))
+
+
+def read_npy(path: PathLike) -> PointCloud:
+    """Read an ``(N, >=3)`` ``.npy`` array (no pickles); columns 3:9 as in the module doc."""
+    return _columns_to_cloud(path, read_array(path))
 
 
 _NPZ_KEYS = ("xyz", "points", "pc")

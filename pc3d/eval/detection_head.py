@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from pc3d.encoders.base import FeatureLevel
 from pc3d.eval.detection import SceneDetections
-from pc3d.ops.boxes import nms_3d
+from pc3d.ops.boxes import nms_3d, points_in_boxes
 
 
 @dataclass
@@ -56,16 +56,6 @@ def bin_to_heading(bins: Tensor, residuals: Tensor, num_bins: int) -> Tensor:
     return torch.remainder(yaw + math.pi, 2 * math.pi) - math.pi
 
 
-def tokens_in_boxes(coords: Tensor, boxes: Tensor) -> Tensor:
-    """``coords (T, 3)``, ``boxes (K, 7)`` → ``(T, K)`` bool, True where the token lies in the (oriented) box."""
-    d = coords[:, None, :] - boxes[None, :, :3]
-    c, s = torch.cos(boxes[:, 6]), torch.sin(boxes[:, 6])
-    local_x = d[..., 0] * c + d[..., 1] * s
-    local_y = -d[..., 0] * s + d[..., 1] * c
-    half = boxes[None, :, 3:6] / 2
-    return (local_x.abs() <= half[..., 0]) & (local_y.abs() <= half[..., 1]) & (d[..., 2].abs() <= half[..., 2])
-
-
 def assign_targets(level: FeatureLevel, gt_boxes: Tensor, gt_labels: Tensor, num_heading_bins: int) -> DetectionTargets:
     """Targets of the tokens of ``level`` for padded ground truth ``gt_boxes (B, K, 7)``, ``gt_labels (B, K)`` (-1 = pad)."""
     coords = level.coords
@@ -81,7 +71,7 @@ def assign_targets(level: FeatureLevel, gt_boxes: Tensor, gt_labels: Tensor, num
         if not real.any():
             continue
         boxes = gt_boxes[b][real]
-        holds = tokens_in_boxes(coords[b].to(boxes.dtype), boxes) & valid[b, :, None]
+        holds = points_in_boxes(coords[b].to(boxes.dtype), boxes) & valid[b, :, None]
         volume = boxes[:, 3:6].prod(-1)
         ranked = torch.where(holds, volume[None, :], torch.full_like(holds, float("inf"), dtype=volume.dtype))
         smallest = ranked.argmin(dim=1)

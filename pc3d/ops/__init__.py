@@ -5,7 +5,7 @@ Pure torch, batched ``(B, N, 3)``, memory-bounded by chunking; optional accelera
 """
 
 from pc3d.ops.backends import resolve_backend
-from pc3d.ops.boxes import box_corners, box_iou_3d, box_iou_3d_aligned, nms_3d
+from pc3d.ops.boxes import box_corners, box_iou_3d, box_iou_3d_aligned, nms_3d, points_in_boxes
 from pc3d.ops.chamfer import chamfer_l2
 from pc3d.ops.neighbors import CHUNK_FLOATS, ball_query, gather_points, knn
 from pc3d.ops.sampling import farthest_point_sample
@@ -21,5 +21,6 @@ __all__ = [
     "gather_points",
     "knn",
     "nms_3d",
+    "points_in_boxes",
     "resolve_backend",
 ]

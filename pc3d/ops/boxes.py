@@ -47,6 +47,16 @@ def box_corners(boxes: Tensor) -> Tensor:
     return torch.stack([x, y, local[..., 2]], dim=-1) + boxes[..., None, :3]
 
 
+def points_in_boxes(points: Tensor, boxes: Tensor) -> Tensor:
+    """``points (P, 3)``, ``boxes (K, 7)`` → ``(P, K)`` bool, True where the point lies in the (oriented) box."""
+    d = points[:, None, :] - boxes[None, :, :3]
+    c, s = torch.cos(boxes[:, 6]), torch.sin(boxes[:, 6])
+    local_x = d[..., 0] * c + d[..., 1] * s
+    local_y = -d[..., 0] * s + d[..., 1] * c
+    half = boxes[None, :, 3:6] / 2
+    return (local_x.abs() <= half[..., 0]) & (local_y.abs() <= half[..., 1]) & (d[..., 2].abs() <= half[..., 2])
+
+
 def _volumes(boxes: Tensor) -> Tensor:
     return boxes[:, 3:6].clamp_min(0).prod(dim=-1)
 

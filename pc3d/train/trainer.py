@@ -44,6 +44,7 @@ from pc3d.train.distributed import (DistributedContext, all_reduce_mean, barrier
                                     convert_sync_batchnorm, current_context, gather_objects)
 from pc3d.train.optim import build_optimizer, build_scheduler
 from pc3d.utils.atomic import atomic_write
+from pc3d.utils.config import seed_everything
 from pc3d.utils.progress import get_logger, progress
 
 log = get_logger(__name__)
@@ -358,11 +359,7 @@ class Trainer:
         }
 
 
+
 def seed_rank_streams(seed: int, rank: int, step: int = 0) -> None:
     """Seed python, numpy and torch for ``rank`` of a multi-process run (distinct per rank)."""
-    import random
-
-    state = np.random.SeedSequence([seed, rank, step, 0x5EED]).generate_state(2)
-    random.seed(int(state[0]))
-    np.random.seed(int(state[1]))
-    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+    seed_everything(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
