@@ -103,7 +103,12 @@ def run_pretrain(cfg) -> dict[str, Any]:
     encoder = call_target(cfg.encoder, "encoder")
     model = call_target(cfg.method, "method", encoder=encoder)
     trainer_cfg = TrainerConfig(**to_plain(cfg.trainer), seed=cfg.seed, device=cfg.device, resume=str(cfg.resume))
-    trainer = Trainer(model, data.pretrain_dataset(augment=cfg.augment), trainer_cfg, cfg.out_dir,
+    # a method that needs its own sample format (MSM's paired voxel views) builds it from the data node
+    if hasattr(model, "pretrain_dataset"):
+        dataset = model.pretrain_dataset(data, augment=cfg.augment)
+    else:
+        dataset = data.pretrain_dataset(augment=cfg.augment)
+    trainer = Trainer(model, dataset, trainer_cfg, cfg.out_dir,
                       run_config=to_plain(cfg))
     out = start_run(cfg)  # only once every input has been validated: a failed start leaves no output
     metrics = trainer.fit()
@@ -122,6 +127,8 @@ def run_probe(cfg) -> dict[str, Any]:
     from pc3d.utils.config import call_target, seed_everything, to_plain
 
     started = time.perf_counter()
+    if cfg.probe.get("task") == "scene":
+        return run_scene_probe(cfg)
     if cfg.probe.levels not in ("last", "all"):
         raise ConfigError(f"probe.levels={cfg.probe.levels!r}: expected 'last' or 'all'")
     if not cfg.probe.Cs or any(float(c) <= 0 for c in cfg.probe.Cs):
@@ -169,6 +176,47 @@ def run_probe(cfg) -> dict[str, Any]:
     return metrics
 
 
+def run_scene_probe(cfg) -> dict[str, Any]:
+    """``probe=scene_linear|scene_knn``: frozen multi-level point features → mIoU, beside random init."""
+    from pc3d.eval.scene_probe import run_scene_probe as probe
+    from pc3d.hub import build_encoder, load_encoder
+    from pc3d.train import resolve_device
+    from pc3d.utils.config import call_target, seed_everything, to_plain
+
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    data = call_target(cfg.data, "data")
+    if not hasattr(data, "scenes"):
+        raise ConfigError(f"probe={cfg.probe.kind}: the scene probe needs scans with labels (data=scannet), "
+                          f"got {type(data).__name__}")
+    options = {k: v for k, v in to_plain(cfg.probe).items() if k not in ("task", "kind", "interpolation", "baseline")}
+    train, val = data.scenes(data.probe_train), data.scenes(data.probe_val)
+    encoders: dict[str, Any] = {}
+    if str(cfg.checkpoint) == "random":
+        encoder_cfg = to_plain(cfg.encoder)
+    else:
+        encoders["pretrained"], encoder_cfg = load_encoder(cfg.checkpoint)
+    if cfg.probe.baseline or not encoders:
+        seed_everything(cfg.seed)
+        encoders["random"] = build_encoder(encoder_cfg)
+    out = start_run(cfg)
+    results = {name: probe(encoder, train, val, data.class_names, str(cfg.probe.kind), device=device,
+                           interpolation=str(cfg.probe.interpolation), seed=int(cfg.seed), **options)
+               for name, encoder in encoders.items()}
+    metrics = dict(results.get("pretrained", results["random"]))
+    if "pretrained" in results:
+        metrics.update({f"random_{k}": v for k, v in results["random"].items()})
+    metrics.update({"probe": f"scene_{cfg.probe.kind}", "train_scans": [s.name for s in train],
+                    "val_scans": [s.name for s in val], "wall_s": time.perf_counter() - started})
+    finish_run(out, metrics)
+    line = f"probe scene_{cfg.probe.kind} ({len(train)} train / {len(val)} val scans): "
+    line += f"mIoU {'pretrained' if 'pretrained' in results else 'random'} {metrics['miou']:.4f}"
+    if "pretrained" in results:
+        line += f" | random init {metrics['random_miou']:.4f}"
+    report(line + f" → {out}")
+    return metrics
+
+
 def run_finetune(cfg) -> dict[str, Any]:
     from pc3d.eval.finetune import run_finetune as finetune
 
@@ -210,13 +258,27 @@ def run_prep(name: str, cfg) -> dict[str, Any]:
         print(f"prepared {cfg.src} → {cfg.dst}: {len(manifest.get('classes', []))} classes, "
               f"{sum(sum(v.values()) if isinstance(v, dict) else v for v in counts.values())} shapes")
         return manifest
-    raise ConfigError(f"unknown dataset for prep: {name!r} (available: modelnet)")
+    if name == "scannet":
+        from data_prep.scannet import prepare_scannet
+
+        manifest = prepare_scannet(cfg.src, cfg.dst, cfg.force, labels_tsv=cfg.labels_tsv, normals_k=cfg.normals_k,
+                                   axis_align=cfg.axis_align)
+    elif name == "s3dis":
+        from data_prep.s3dis import prepare_s3dis
+
+        manifest = prepare_s3dis(cfg.src, cfg.dst, cfg.force, val_area=cfg.val_area, normals_k=cfg.normals_k)
+    else:
+        raise ConfigError(f"unknown dataset for prep: {name!r} (available: {', '.join(PREP)})")
+    scenes = manifest["scenes"]
+    print(f"prepared {cfg.src} → {cfg.dst}: {len(scenes)} scenes, {sum(s['points'] for s in scenes.values())} "
+          f"points, {len(manifest['class_names'])} classes")
+    return manifest
 
 
 COMMANDS: dict[str, Callable[[Any], dict[str, Any]]] = {"pretrain": run_pretrain, "probe": run_probe,
                                                        "finetune": run_finetune, "fewshot": run_fewshot,
                                                        "export": run_export}
-PREP = ("modelnet",)
+PREP = ("modelnet", "scannet", "s3dis")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -127,3 +127,73 @@ def augment_scene(points: np.ndarray, boxes: np.ndarray, rng: np.random.Generato
             points, boxes = flip_scene(points, boxes, axis)
     points, boxes = rotate_scene_z(points, boxes, float(rng.uniform(-max_rotation, max_rotation)))
     return scale_scene(points, boxes, float(rng.uniform(*scale_range)))
+
+
+# ----------------------------------------------------------------------------- scans with colour + normals
+
+
+def sphere_crop(xyz: np.ndarray, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the ``max_points`` points nearest a random point of the scan (all when fewer)."""
+    if len(xyz) <= max_points:
+        return np.arange(len(xyz))
+    centre = xyz[rng.integers(len(xyz))]
+    distance = ((xyz - centre) ** 2).sum(axis=1)
+    return np.sort(np.argpartition(distance, max_points - 1)[:max_points])
+
+
+def random_rotation(rng: np.random.Generator, max_tilt: float = float(np.pi / 64)) -> np.ndarray:
+    """``(3, 3)``: uniform yaw about z, then tilts about x and y up to ``max_tilt``."""
+    def rot(axis: int, angle: float) -> np.ndarray:
+        c, s = np.cos(angle), np.sin(angle)
+        i, j = [a for a in range(3) if a != axis]
+        m = np.eye(3)
+        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+        return m
+
+    yaw = rot(2, rng.uniform(0.0, 2 * np.pi))
+    return rot(0, rng.uniform(-max_tilt, max_tilt)) @ rot(1, rng.uniform(-max_tilt, max_tilt)) @ yaw
+
+
+def elastic_distortion(xyz: np.ndarray, rng: np.random.Generator, granularity: float, magnitude: float) -> np.ndarray:
+    """Smooth random displacement field (Pointcept/MinkowskiEngine's ``ElasticDistortion``).
+
+    Gaussian noise on a grid of spacing ``granularity``, blurred three times along each axis,
+    trilinearly interpolated at the points and scaled by ``magnitude``.
+    """
+    from scipy.interpolate import RegularGridInterpolator
+    from scipy.ndimage import uniform_filter1d
+
+    low = xyz.min(axis=0) - granularity * 2
+    shape = ((xyz.max(axis=0) - low) // granularity).astype(int) + 3
+    noise = rng.standard_normal((*shape, 3)).astype(np.float32)
+    for _ in range(2):
+        for axis in range(3):
+            noise = uniform_filter1d(noise, size=3, axis=axis, mode="constant")
+    axes = [low[i] + granularity * np.arange(shape[i]) for i in range(3)]
+    field = RegularGridInterpolator(axes, noise, bounds_error=False, fill_value=0.0)
+    return xyz + field(xyz).astype(xyz.dtype) * magnitude
+
+
+def augment_scan(xyz: np.ndarray, color: np.ndarray, normal: np.ndarray, rng: np.random.Generator, *,
+                 scale_range: tuple[float, float] = (0.9, 1.1), flip: bool = True,
+                 elastic: tuple[tuple[float, float], ...] = ((0.2, 0.4), (0.8, 1.6)),
+                 color_jitter: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One random view of a scan: rotation (yaw + small tilt), scale, x flip, elastic distortion,
+    colour jitter — Pointcept's ScanNet training augmentations.
+
+    Args:
+        xyz: ``(N, 3)``; color: ``(N, 3)`` in 0..255; normal: ``(N, 3)``.
+        elastic: ``(granularity, magnitude)`` pairs applied in turn (metres), ``()`` for none.
+        color_jitter: std of additive Gaussian colour noise, as a fraction of 255.
+    Returns:
+        ``xyz, color, normal`` of the view (normals rotated and flipped with the points).
+    """
+    rotation = random_rotation(rng)
+    if flip and rng.random() < 0.5:
+        rotation = np.diag([-1.0, 1.0, 1.0]) @ rotation
+    xyz = (xyz @ rotation.T * rng.uniform(*scale_range)).astype(np.float32)
+    normal = (normal @ rotation.T).astype(np.float32)
+    for granularity, magnitude in elastic:
+        xyz = elastic_distortion(xyz, rng, granularity, magnitude)
+    color = np.clip(color + rng.normal(0.0, color_jitter * 255.0, color.shape), 0.0, 255.0).astype(np.float32)
+    return xyz, color, normal

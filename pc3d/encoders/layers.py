@@ -58,12 +58,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x (B, T, C)`` → ``(B, T, C)``."""
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """``x (B, T, C)`` → ``(B, T, C)``; ``key_mask (B, T)`` bool leaves out False keys (padding)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 

@@ -115,6 +115,8 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
     detect = to_plain(cfg.detect)
     device = resolve_device(cfg.device)
     data = call_target(cfg.data, "data")
+    if hasattr(data, "detection"):  # a scene folder that also has boxes (data=scannet)
+        data = data.detection()
     if not isinstance(data, DetectionData):
         raise ConfigError(f"data: pc3d detect needs a detection dataset (synthetic_rooms, scannet, sunrgbd), "
                           f"got {type(data).__name__}")

@@ -1,5 +1,6 @@
 """Pretraining methods: one module per method, each a model whose forward returns ``{"loss": ...}``."""
 
+from pc3d.methods.msm import MaskedSceneModeling
 from pc3d.methods.point_mae import PointMAE
 
-__all__ = ["PointMAE"]
+__all__ = ["MaskedSceneModeling", "PointMAE"]

@@ -10,6 +10,7 @@ torch          farthest_point_sample, knn, ball_query, chamfer_l2    always poss
 pytorch3d      farthest_point_sample, knn, ball_query, chamfer_l2    CUDA float32
 torch_cluster  farthest_point_sample, knn                            CUDA float32
 scipy          knn (cKDTree, CPU only)                               never
+spconv         sparse_conv (spconv 2.x; ConvAlgo.Native on CPU)      CUDA float32
 ============== ===================================================== ==============
 
 ``"auto"`` picks pytorch3d, then torch-cluster, for CUDA float32 tensors when
@@ -33,7 +34,7 @@ from pc3d.errors import ConfigError
 
 ENV_VAR = "PC3D_OPS_BACKEND"
 
-BACKENDS: tuple[str, ...] = ("torch", "pytorch3d", "torch_cluster", "scipy")
+BACKENDS: tuple[str, ...] = ("torch", "pytorch3d", "torch_cluster", "scipy", "spconv")
 
 # op name -> backends that implement it (a constant table, not a registry).
 SUPPORTED: dict[str, tuple[str, ...]] = {
@@ -41,20 +42,23 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "knn": ("torch", "pytorch3d", "torch_cluster", "scipy"),
     "ball_query": ("torch", "pytorch3d"),
     "chamfer_l2": ("torch", "pytorch3d"),
+    "sparse_conv": ("torch", "spconv"),
 }
 
 # Preference order of "auto" among the accelerators (CUDA float32 only).
-_AUTO_ORDER: tuple[str, ...] = ("pytorch3d", "torch_cluster")
+_AUTO_ORDER: tuple[str, ...] = ("pytorch3d", "torch_cluster", "spconv")
 
 _INSTALL_HINT: dict[str, str] = {
     "pytorch3d": "build pytorch3d from its source release against the installed torch/CUDA "
                  "(PyPI has no Linux wheels)",
     "torch_cluster": "pip install torch-cluster (a wheel matching the installed torch/CUDA)",
     "scipy": "pip install scipy",
+    "spconv": "pip install spconv-cu120==2.3.6 (Python <= 3.11) or spconv-cu126==2.3.8 (see README, GPU install)",
 }
 
 # import name of each optional backend
-_MODULE: dict[str, str] = {"pytorch3d": "pytorch3d", "torch_cluster": "torch_cluster", "scipy": "scipy"}
+_MODULE: dict[str, str] = {"pytorch3d": "pytorch3d", "torch_cluster": "torch_cluster", "scipy": "scipy",
+                           "spconv": "spconv"}
 
 
 @functools.lru_cache(maxsize=None)

@@ -252,7 +252,8 @@ class Trainer:
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.config.seed, epoch])
                                                           .generate_state(1)[0]))
             loader = DataLoader(self.dataset, batch_sampler=[b[part] for b in batches],
-                                num_workers=self.config.num_workers, generator=generator)
+                                num_workers=self.config.num_workers, generator=generator,
+                                collate_fn=getattr(self.dataset, "collate", None))
             for position, batch in enumerate(loader):
                 global_step = epoch * self.steps_per_epoch + offset + position
                 seeds = sample_seeds(self.config.seed, global_step, self.config.batch_size)[part]
@@ -292,6 +293,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        if hasattr(self.model, "on_optimizer_step"):  # e.g. MSM's EMA teacher
+            self.model.on_optimizer_step(self.step, self.total_steps)
         return value, lr
 
     def fit(self) -> dict[str, Any]:

@@ -1,0 +1,407 @@
+"""Indoor scans with per-point labels: the :class:`Scene`, its prepared folder format and readers.
+
+A prepared scene folder (written by ``pc3d prep scannet|s3dis``; DEVELOPERS.md, "Data
+contract")::
+
+    <root>/manifest.json        {"format": "pc3d-scenes-v1", "dataset": "scannet" | "s3dis",
+                                 "class_names": [...], "scenes": {name: {"points": N, "inputs": [...],
+                                 "content_hash": sha256, ...}}, "source": str, "params": {...}, ...}
+    <root>/splits.json          {"train": [names], "val": [names]} — yours to edit; re-running the
+                                prep keeps it unless force=true
+    <root>/<scene>/coord.npy    (N, 3) float32 metres, z up
+                   color.npy    (N, 3) float32 RGB in 0..255
+                   normal.npy   (N, 3) float32 unit length
+                   segment.npy  (N,) int64 class index into class_names, -1 = unlabelled / ignored
+                   instance.npy (N,) int64 object id, -1 = none
+                   bbox.npy     optional (K, 7) float32 [cx, cy, cz, dx, dy, dz, nyu40_id]: axis-aligned
+                                boxes of the ScanNet detection classes, the ``<scene>_bbox.npy`` layout
+                                (read with :func:`pc3d.data.detection_scenes.read_scannet_boxes`)
+
+Each scene folder is replaced atomically; the manifest is written after the scenes.
+
+:func:`load_scenes` also reads a folder in the preprocessed ScanNet numpy layout
+(``<scene>_vert_all.npy`` (N, 6) xyz + rgb, ``<scene>_sem_label_all.npy`` NYU40 ids, 0 =
+unannotated, ``<scene>_ins_label_all.npy`` instance ids, 0 = none, optional
+``<scene>_bbox.npy``) directly, converting in memory (normals estimated, NYU40 → ScanNet-20,
+instance ``id - 1``) with the default split of :func:`default_splits`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pc3d.data.detection_scenes import SCANNET_NYU40_IDS
+from pc3d.data.io import read_array
+from pc3d.errors import ConfigError, DataFormatError
+from pc3d.utils.atomic import atomic_replace_dir, atomic_write, atomic_write_json
+from pc3d.utils.progress import get_logger, progress
+
+__all__ = ["SCANNET20_CLASSES", "SCANNET20_NYU40_IDS", "S3DIS_CLASSES", "SCENE_FORMAT", "SCENE_FIELDS", "Scene",
+           "SceneSource", "nyu40_to_scannet20", "check_scene", "default_splits", "write_scene", "read_scene",
+           "read_scene_manifest", "read_scene_splits", "read_json", "scene_class_names", "load_scenes",
+           "find_scannet_numpy_scenes", "read_scannet_numpy_scene", "write_scene_folder"]
+
+SCANNET20_CLASSES = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+                     "picture", "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink",
+                     "bathtub", "otherfurniture")
+#: NYU40 id of each ScanNet-20 class: wall, floor + the 18 detection classes, in :data:`SCANNET20_CLASSES` order
+SCANNET20_NYU40_IDS = (1, 2, *SCANNET_NYU40_IDS)
+S3DIS_CLASSES = ("ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa", "bookcase",
+                 "board", "clutter")
+SCENE_FORMAT = "pc3d-scenes-v1"
+#: the per-point arrays of a prepared scene: file stem → (columns or None for (N,), dtype)
+SCENE_FIELDS: dict[str, tuple[int | None, type]] = {
+    "coord": (3, np.float32), "color": (3, np.float32), "normal": (3, np.float32),
+    "segment": (None, np.int64), "instance": (None, np.int64)}
+
+_NYU40_TO_20 = np.full(41, -1, dtype=np.int64)
+_NYU40_TO_20[list(SCANNET20_NYU40_IDS)] = np.arange(len(SCANNET20_NYU40_IDS))
+_log = get_logger("pc3d.data")
+
+
+def nyu40_to_scannet20(ids: np.ndarray) -> np.ndarray:
+    """NYU40 ids ``(...)`` (any integer dtype) → ScanNet-20 class indices ``(...)`` int64, -1 for all others."""
+    ids = np.asarray(ids).astype(np.int64)
+    inside = (ids >= 0) & (ids <= 40)
+    return np.where(inside, _NYU40_TO_20[np.where(inside, ids, 0)], -1)
+
+
+@dataclass
+class Scene:
+    """One scan. ``coord (N, 3)`` float32 metres, ``color (N, 3)`` float32 0..255, ``normal (N, 3)``
+    float32 unit, ``segment (N,)`` int64 (-1 = ignore), ``instance (N,)`` int64 (-1 = none)."""
+
+    name: str
+    coord: np.ndarray
+    color: np.ndarray
+    normal: np.ndarray
+    segment: np.ndarray
+    instance: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.coord.shape[0])
+
+
+def check_scene(scene: Scene, files: dict[str, Path | str], num_classes: int | None = None) -> None:
+    """Validate shapes, dtypes and values; a problem raises DataFormatError naming ``files[field]``."""
+    n = scene.coord.shape[0] if scene.coord.ndim == 2 else -1
+    for field, (cols, dtype) in SCENE_FIELDS.items():
+        arr, where = getattr(scene, field), files[field]
+        shape = (n,) if cols is None else (n, cols)
+        if field == "coord" and (arr.ndim != 2 or arr.shape[1] != 3 or n == 0):
+            raise DataFormatError(f"{where}: expected (N, 3) coordinates with N >= 1, got shape {arr.shape}")
+        if arr.shape != shape:
+            raise DataFormatError(f"{where}: expected {field} of shape {shape} (one per point of "
+                                  f"{Path(files['coord']).name}), got {arr.shape}")
+        if arr.dtype != dtype:
+            raise DataFormatError(f"{where}: expected {np.dtype(dtype)} {field}, got {arr.dtype}")
+        if cols is not None and not np.isfinite(arr).all():
+            raise DataFormatError(f"{where}: {int((~np.isfinite(arr)).any(axis=1).sum())} points have NaN/inf {field}")
+    if scene.color.min() < 0 or scene.color.max() > 255:
+        raise DataFormatError(f"{files['color']}: colours outside 0..255 (range {scene.color.min():g}.."
+                              f"{scene.color.max():g})")
+    if np.abs(np.linalg.norm(scene.normal, axis=1) - 1).max() > 1e-3:
+        raise DataFormatError(f"{files['normal']}: normals are not unit length")
+    for field, high in (("segment", num_classes), ("instance", None)):
+        arr = getattr(scene, field)
+        if arr.min() < -1 or (high is not None and arr.max() >= high):
+            raise DataFormatError(f"{files[field]}: {field} out of range [{arr.min()}, {arr.max()}] (expected -1"
+                                  f"{f' or 0..{high - 1}' if high is not None else ' or an id >= 0'})")
+
+
+def default_splits(names: Sequence[str]) -> dict[str, list[str]]:
+    """The default split of scene names: the last (sorted) is ``val`` if there are >= 2, else the one is both."""
+    names = sorted(names)
+    if len(names) < 2:
+        return {"train": names, "val": names}
+    return {"train": names[:-1], "val": names[-1:]}
+
+
+def write_scene(path: str | os.PathLike, scene: Scene, bbox: np.ndarray | None = None) -> None:
+    """Validate ``scene`` and write it (and ``bbox (K, 7)``) as the folder ``path``, replacing it atomically."""
+    check_scene(scene, {field: Path(path) / f"{field}.npy" for field in SCENE_FIELDS})
+    arrays = {field: getattr(scene, field) for field in SCENE_FIELDS}
+    if bbox is not None:
+        arrays["bbox"] = np.ascontiguousarray(bbox, dtype=np.float32).reshape(-1, 7)
+    with atomic_replace_dir(path) as tmp:
+        for field, arr in arrays.items():
+            with atomic_write(tmp / f"{field}.npy") as handle:
+                np.save(handle, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def read_scene(path: str | os.PathLike, num_classes: int | None = None) -> Scene:
+    """Read and validate one prepared scene folder (``coord.npy``, ``color.npy``, ... ; see the module doc)."""
+    path = Path(path)
+    if not path.is_dir():
+        expected = ", ".join(f"{field}.npy" for field in SCENE_FIELDS)
+        raise DataFormatError(f"{path}: scene folder not found (expected {expected})")
+    files = {field: path / f"{field}.npy" for field in SCENE_FIELDS}
+    for file in files.values():
+        if not file.is_file():
+            raise DataFormatError(f"{file}: missing from the prepared scene")
+    scene = Scene(path.name, **{field: read_array(file) for field, file in files.items()})
+    check_scene(scene, files, num_classes)
+    return scene
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; a missing or malformed file raises DataFormatError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFormatError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def read_scene_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check ``<root>/manifest.json`` of a prepared scene folder."""
+    path = Path(root) / "manifest.json"
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or manifest.get("format") != SCENE_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise DataFormatError(f"{path}: not a {SCENE_FORMAT} manifest (format={found!r}; prepare scenes with "
+                              "`pc3d prep scannet|s3dis`)")
+    classes, scenes = manifest.get("class_names"), manifest.get("scenes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise DataFormatError(f"{path}: 'class_names' must be a non-empty list of names")
+    if not isinstance(scenes, dict) or not all(isinstance(s, dict) and isinstance(s.get("points"), int)
+                                               for s in scenes.values()):
+        raise DataFormatError(f"{path}: 'scenes' must map scene names to {{\"points\": N, ...}}")
+    return manifest
+
+
+def read_scene_splits(root: str | os.PathLike) -> dict[str, list[str]]:
+    """``<root>/splits.json`` → ``{split: [scene names]}``; every name must be a scene of the manifest."""
+    root = Path(root)
+    scenes = read_scene_manifest(root)["scenes"]
+    path = root / "splits.json"
+    splits = read_json(path)
+    if not isinstance(splits, dict) or not all(isinstance(v, list) and all(isinstance(n, str) for n in v)
+                                               for v in splits.values()):
+        raise DataFormatError(f"{path}: expected {{\"train\": [scene names], \"val\": [scene names]}}")
+    for split, names in splits.items():
+        unknown = [n for n in names if n not in scenes]
+        if unknown:
+            raise DataFormatError(f"{path}: split {split!r} names scenes that are not in manifest.json: "
+                                  f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    return splits
+
+
+def find_scannet_numpy_scenes(folder: str | os.PathLike) -> list[Path]:
+    """Sorted scene prefixes ``<folder>/<scene>`` of the ``<scene>_vert_all.npy`` files in ``folder``."""
+    suffix = "_vert_all.npy"
+    return sorted(Path(folder) / p.name[:-len(suffix)] for p in Path(folder).glob(f"*{suffix}"))
+
+
+def _integer_labels(path: Path, n: int) -> np.ndarray:
+    labels = read_array(path)
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise DataFormatError(f"{path}: expected ({n},) integer labels (one per point of the _vert_all.npy), "
+                              f"got {labels.shape} {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def read_scannet_numpy_scene(prefix: str | os.PathLike, normals_k: int = 16,
+                             normals_backend: str = "auto") -> tuple[Scene, np.ndarray | None]:
+    """``<prefix>_vert_all.npy`` + ``_sem_label_all.npy`` + ``_ins_label_all.npy`` (+ ``_bbox.npy``).
+
+    Returns:
+        The :class:`Scene` (ScanNet-20 segments, instance ``id - 1``, normals estimated with
+        :func:`pc3d.ops.normals.estimate_normals`) and the boxes ``(K, 7)`` float32 of
+        ``_bbox.npy`` (``None`` when that file is absent).
+    """
+    from pc3d.ops.normals import estimate_normals
+
+    vert_file, sem_file, ins_file, bbox_file = (Path(f"{prefix}_{s}.npy")
+                                                for s in ("vert_all", "sem_label_all", "ins_label_all", "bbox"))
+    vert = read_array(vert_file)
+    if vert.ndim != 2 or vert.shape[1] != 6 or vert.shape[0] == 0 or vert.dtype.kind != "f":
+        raise DataFormatError(f"{vert_file}: expected (N, 6) float xyz + rgb, got {vert.shape} {vert.dtype}")
+    if not np.isfinite(vert).all():
+        raise DataFormatError(f"{vert_file}: {int((~np.isfinite(vert)).any(axis=1).sum())} points have NaN/inf values")
+    segment = nyu40_to_scannet20(_integer_labels(sem_file, vert.shape[0]))
+    instance = _integer_labels(ins_file, vert.shape[0]) - 1
+    coord = np.ascontiguousarray(vert[:, :3], dtype=np.float32)
+    scene = Scene(Path(prefix).name, coord, np.ascontiguousarray(vert[:, 3:6], dtype=np.float32),
+                  estimate_normals(coord, normals_k, normals_backend), segment, instance)
+    check_scene(scene, {"coord": vert_file, "color": vert_file, "normal": vert_file, "segment": sem_file,
+                        "instance": ins_file}, len(SCANNET20_CLASSES))
+    bbox = None
+    if bbox_file.is_file():
+        bbox = read_array(bbox_file)
+        if bbox.ndim != 2 or bbox.shape[1] != 7 or not np.isfinite(bbox).all() or (bbox[:, 3:6] < 0).any():
+            raise DataFormatError(f"{bbox_file}: expected finite (K, 7) [cx, cy, cz, dx, dy, dz, nyu40_id] boxes "
+                                  f"with sizes >= 0, got {bbox.shape}")
+        bbox = bbox.astype(np.float32)
+    return scene, bbox
+
+
+def _layout(root: Path) -> str:
+    if (root / "manifest.json").is_file():
+        return "prepared"
+    if root.is_dir() and find_scannet_numpy_scenes(root):
+        return "scannet_numpy"
+    raise DataFormatError(f"{root}: neither a prepared scene folder (manifest.json, from `pc3d prep scannet|s3dis`) "
+                          "nor ScanNet numpy files (<scene>_vert_all.npy + _sem_label_all.npy + _ins_label_all.npy)")
+
+
+def scene_class_names(root: str | os.PathLike) -> list[str]:
+    """The class of each segment id of the scenes under ``root`` (either layout of :func:`load_scenes`)."""
+    root = Path(root)
+    if _layout(root) == "prepared":
+        return list(read_scene_manifest(root)["class_names"])
+    return list(SCANNET20_CLASSES)
+
+
+def load_scenes(root: str | os.PathLike, split: str) -> list[Scene]:
+    """The scenes of ``split``, from a prepared scene folder or a ScanNet numpy-layout folder.
+
+    Args:
+        root: a prepared folder (has ``manifest.json``) or a folder of ``<scene>_vert_all.npy`` +
+            ``_sem_label_all.npy`` + ``_ins_label_all.npy`` files (converted in memory; other files
+            such as unlabelled ``.bin`` scans are ignored; split by :func:`default_splits`).
+        split: a key of ``splits.json`` (``"train"``, ``"val"``, ...).
+
+    Raises:
+        DataFormatError: naming the file that is missing or malformed.
+        ConfigError: ``split`` is not one of the folder's splits.
+    """
+    root = Path(root)
+    if _layout(root) == "scannet_numpy":
+        prefixes = {p.name: p for p in find_scannet_numpy_scenes(root)}
+        names = _split_names(default_splits(list(prefixes)), split, root)
+        return [read_scannet_numpy_scene(prefixes[name])[0] for name in names]
+    names = _split_names(read_scene_splits(root), split, root / "splits.json")
+    num_classes = len(read_scene_manifest(root)["class_names"])
+    return [read_scene(root / name, num_classes) for name in names]
+
+
+def _split_names(splits: dict[str, list[str]], split: str, where: Path) -> list[str]:
+    if split not in splits:
+        raise ConfigError(f"split {split!r} not in {where} (available: {', '.join(splits)})")
+    return splits[split]
+
+
+# ----------------------------------------------------------------------------- writing a prepared folder
+
+
+@dataclass
+class SceneSource:
+    """One scene to prepare: its name, the files it is made from, and the conversion.
+
+    ``convert()`` returns the :class:`Scene` and optional boxes ``(K, 7)``; it runs only when the
+    scene is not up to date.
+    """
+
+    name: str
+    inputs: list[Path]
+    convert: Callable[[], tuple[Scene, np.ndarray | None]]
+
+
+def _listing(files: Sequence[Path], base: Path) -> list[list[Any]]:
+    """``[[path relative to base (else absolute), size, mtime_ns], ...]`` of ``files``."""
+    out = []
+    for f in files:
+        f, st = Path(os.path.abspath(f)), f.stat()
+        out.append([f.relative_to(base).as_posix() if f.is_relative_to(base) else str(f), int(st.st_size),
+                    int(st.st_mtime_ns)])
+    return out
+
+
+def _hash_files(files: Sequence[Path]) -> str:
+    hasher = hashlib.sha256()
+    for f in files:
+        hasher.update(f.name.encode("utf-8") + b"\0")
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _previous_manifest(dst: Path) -> dict[str, Any] | None:
+    """The manifest of an earlier prep into ``dst``; ``None`` if there is none or it is unusable.
+
+    A ``manifest.json`` of something else (an object cache, an unreadable file) is never overwritten.
+    """
+    path = dst / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        found = None
+    if not isinstance(found, dict) or found.get("format") != SCENE_FORMAT:
+        raise ConfigError(f"dst {dst} already holds a manifest.json that is not a {SCENE_FORMAT} manifest; "
+                          "choose another dst (or remove that folder)")
+    try:
+        return read_scene_manifest(dst)
+    except DataFormatError as exc:
+        _log.warning("rebuilding: the previous manifest is unusable (%s)", exc)
+        return None
+
+
+def write_scene_folder(dst: str | os.PathLike, sources: Sequence[SceneSource], *, dataset: str,
+                       class_names: Sequence[str], source: str | os.PathLike, params: dict[str, Any],
+                       splits: dict[str, list[str]], force: bool = False) -> dict[str, Any]:
+    """Write (or bring up to date) the prepared scene folder ``dst``.
+
+    A scene is converted only if its input files (relative path, size, ``mtime_ns``), ``dataset``,
+    ``class_names``, ``source`` or ``params`` changed since the previous run, or its folder is
+    incomplete, or ``force``; otherwise nothing of it is rewritten. Scenes of the previous manifest
+    that are no longer in ``sources`` are removed. ``splits.json`` is written from ``splits`` only
+    if it does not exist or ``force``: a user's edit survives re-runs.
+
+    Returns:
+        The manifest (written only when it changed).
+    """
+    dst, base = Path(dst), Path(os.path.abspath(source))
+    old = _previous_manifest(dst)
+    setup = {"format": SCENE_FORMAT, "dataset": dataset, "class_names": list(class_names), "source": str(base),
+             "params": params}
+    reusable = {} if force or old is None or any(old.get(k) != v for k, v in setup.items()) else old["scenes"]
+    entries: dict[str, dict[str, Any]] = {}
+    for item in progress(sources, desc=f"prep {dataset}"):
+        listing = _listing(item.inputs, base)
+        prev = reusable.get(item.name)
+        files = [*SCENE_FIELDS, *(["bbox"] if prev and "boxes" in prev else [])]
+        if prev is not None and prev.get("inputs") == listing and all((dst / item.name / f"{f}.npy").is_file()
+                                                                      for f in files):
+            entries[item.name] = prev
+            continue
+        content_hash = _hash_files(item.inputs)
+        scene, bbox = item.convert()
+        write_scene(dst / item.name, scene, bbox)
+        entries[item.name] = {"points": len(scene), "inputs": listing, "content_hash": content_hash}
+        if bbox is not None:
+            entries[item.name]["boxes"] = int(bbox.shape[0])
+    for stale in sorted(set(old["scenes"] if old else ()) - set(entries)):  # only folders this prep made
+        if (dst / stale).is_dir() and (dst / stale).resolve().parent == dst.resolve():
+            shutil.rmtree(dst / stale)
+    manifest = {**setup, "scenes": entries}
+    if manifest != old:
+        atomic_write_json(dst / "manifest.json", manifest)
+    split_file = dst / "splits.json"
+    if force or not split_file.is_file():
+        atomic_write_json(split_file, splits)
+    else:
+        try:
+            listed = {name for names in read_scene_splits(dst).values() for name in names}
+        except DataFormatError as exc:
+            _log.warning("kept your splits.json, but it does not fit the scenes: %s (fix it, or re-run the prep "
+                         "with force=true to reset it)", exc)
+        else:
+            missing = sorted(set(entries) - listed)
+            if missing:
+                _log.warning("%s keeps your splits; %d scene(s) are in no split: %s", split_file, len(missing),
+                             ", ".join(missing[:5]))
+    return manifest

@@ -1,0 +1,169 @@
+"""Masked Scene Modeling (Hermosilla et al., CVPR 2025): masked deep-feature reconstruction on scans.
+
+The authors published inference code only; this is pc3d's recipe (defaults in
+``configs/method/msm.yaml``), written down here because no reference exists:
+
+- **Views.** Each sample is a sphere crop of a scan (102,400 points) seen twice, with
+  independent rotations, scale, flip, elastic distortion and colour jitter, each voxelised
+  at 2 cm (:class:`~pc3d.data.scene_dataset.SceneViewDataset`). Every point links a voxel of
+  view ``a`` to a voxel of view ``b`` at every level.
+- **Masking.** View ``a`` is cut into cubes of ``mask_unit`` voxels (16 cm at 2 cm); a
+  ``mask_ratio`` share of the cubes of each sample (exactly ``int(ratio · cubes)``, drawn from
+  the batch's ``sample_seed``) is masked. Masked voxels keep their position; their colour and
+  normal are zeroed and the stem output is replaced by a learnable mask token.
+- **Student and teacher.** The student is the encoder (a
+  :class:`~pc3d.encoders.sparse_unet.SparseUNet`) on the masked view ``a``; the teacher is an
+  exponential moving average of the student (momentum ``ema_momentum[0]`` → ``[1]`` on a
+  cosine schedule over training; BatchNorm statistics copied) on the unmasked view ``b``,
+  without gradients.
+- **Targets, coarse to fine.** The UNet decoder rebuilds the scene bottom-up: the bottleneck
+  (stride 16), then strides 8, 4, 2, 1, each level computed from the one below it. At every
+  level, a per-level linear predictor maps the student's features of each masked point's
+  voxel to the teacher's features of the same point's voxel in view ``b`` (the teacher's
+  deep features at that level). Level losses are averaged over masked points, then over levels.
+- **Loss: cosine** (``1 − cos``), chosen over smooth-L1 because the levels' feature scales
+  differ by orders of magnitude and drift as the teacher moves; cosine needs no target
+  normalisation and is bounded. ``loss="smooth_l1"`` (on LayerNorm-ed targets, data2vec
+  style) is available for comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pc3d.encoders.base import FeatureLevel
+from pc3d.encoders.sparse_unet import SparseUNet
+from pc3d.ops.sparse_conv import SparseVoxels, voxel_keys
+
+LOSSES = ("cosine", "smooth_l1")
+
+
+def unit_mask(coords: Tensor, unit: int, ratio: float, sample_seeds: Tensor) -> Tensor:
+    """Mask whole cubes of ``unit`` voxels: ``int(ratio · cubes)`` cubes of each sample, seeded per sample.
+
+    Args:
+        coords: ``(M, 4)`` int ``[batch, x, y, z]``.
+        sample_seeds: ``(B,)`` int64; sample ``b``'s cubes are drawn from ``sample_seeds[b]`` only.
+    Returns:
+        ``(M,)`` bool, True = masked.
+    """
+    cubes = coords.clone()
+    cubes[:, 1:] = torch.div(coords[:, 1:], unit, rounding_mode="floor")
+    keys, cube_index = torch.unique(voxel_keys(cubes), return_inverse=True)  # sorted: samples in order
+    cube_batch = (keys >> 48).cpu()
+    masked = torch.zeros(len(keys), dtype=torch.bool)
+    for b, seed in enumerate(sample_seeds.tolist()):
+        members = torch.nonzero(cube_batch == b).flatten()
+        noise = torch.rand(len(members), generator=torch.Generator().manual_seed(int(seed)))
+        masked[members[noise.argsort()[:int(ratio * len(members))]]] = True
+    return masked.to(coords.device)[cube_index]
+
+
+def point_level_index(level: FeatureLevel, voxel_coords: Tensor, level_index: int) -> Tensor:
+    """Row of ``level.flatten()`` holding each stride-1 voxel's ancestor at ``level_index``.
+
+    Args:
+        voxel_coords: ``(P, 4)`` int stride-1 voxels ``[batch, x, y, z]``.
+    """
+    _, centres, batch = level.flatten()
+    grid = torch.floor(centres / level.stride).to(torch.int64)
+    level_keys = voxel_keys(torch.cat([batch[:, None], grid], dim=1))  # already sorted (see to_feature_level)
+    ancestors = voxel_coords.to(torch.int64).clone()
+    ancestors[:, 1:] = ancestors[:, 1:] >> level_index
+    return torch.searchsorted(level_keys, voxel_keys(ancestors))
+
+
+class MaskedSceneModeling(nn.Module):
+    """MSM pretraining: student/EMA-teacher masked deep-feature reconstruction (see the module docstring).
+
+    Args:
+        encoder: the student :class:`SparseUNet` (its weights are what pretraining produces).
+        mask_ratio: share of mask cubes masked per sample.
+        mask_unit: mask cube edge in voxels.
+        loss: ``"cosine"`` | ``"smooth_l1"``.
+        ema_momentum: teacher momentum at the start and end of training (cosine schedule).
+        level_weights: weight of each level's loss (finest first); default equal.
+    """
+
+    def __init__(self, encoder: SparseUNet, mask_ratio: float = 0.6, mask_unit: int = 8, loss: str = "cosine",
+                 ema_momentum: Sequence[float] = (0.996, 1.0), level_weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        if not isinstance(encoder, SparseUNet):
+            raise ValueError(f"MSM needs a SparseUNet encoder (encoder=sparse_unet), got {type(encoder).__name__}")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={mask_ratio}: expected 0 < mask_ratio < 1")
+        if mask_unit < 1:
+            raise ValueError(f"mask_unit={mask_unit}: expected >= 1 voxel")
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r}: expected one of {', '.join(LOSSES)}")
+        if len(ema_momentum) != 2 or not 0.0 <= ema_momentum[0] <= ema_momentum[1] <= 1.0:
+            raise ValueError(f"ema_momentum={list(ema_momentum)}: expected [start, end] with 0 <= start <= end <= 1")
+        levels = len(encoder.level_channels)
+        weights = [1.0] * levels if level_weights is None else [float(w) for w in level_weights]
+        if len(weights) != levels or sum(weights) <= 0:
+            raise ValueError(f"level_weights={level_weights}: expected {levels} non-negative weights")
+        self.encoder = encoder
+        self.teacher = copy.deepcopy(encoder)
+        self.teacher.requires_grad_(False)
+        self.mask_ratio, self.mask_unit, self.loss_kind = mask_ratio, mask_unit, loss
+        self.ema_momentum = (float(ema_momentum[0]), float(ema_momentum[1]))
+        self.register_buffer("level_weights", torch.tensor(weights) / sum(weights), persistent=False)
+        width = encoder.init_config["channels"][0]
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.predictors = nn.ModuleList(nn.Linear(c, c) for c in encoder.level_channels)
+
+    def pretrain_dataset(self, data: Any, augment: bool = True):
+        """MSM's training samples from a scene data node (``data.view_dataset``)."""
+        if not hasattr(data, "view_dataset"):
+            from pc3d.errors import ConfigError
+
+            raise ConfigError(f"method=msm needs scans with colour and normals (data=scannet), got "
+                              f"{type(data).__name__}")
+        return data.view_dataset(voxel_size=self.encoder.voxel_size, augment=augment)
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        start, end = self.ema_momentum
+        return end - (end - start) * (math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)) + 1) / 2
+
+    @torch.no_grad()
+    def on_optimizer_step(self, step: int, total_steps: int) -> None:
+        """EMA update of the teacher (called by the Trainer after every optimiser step)."""
+        m = self.momentum(step, total_steps)
+        for teacher, student in zip(self.teacher.parameters(), self.encoder.parameters()):
+            teacher.mul_(m).add_(student.detach(), alpha=1.0 - m)
+        for teacher, student in zip(self.teacher.buffers(), self.encoder.buffers()):
+            teacher.copy_(student)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        batch_size = int(batch["batch_size"])
+        student_in = SparseVoxels(batch["a_features"], batch["a_coords"], batch_size)
+        mask = unit_mask(student_in.coords, self.mask_unit, self.mask_ratio, batch["sample_seed"])
+        student = self.encoder(student_in, mask=mask, mask_token=self.mask_token)
+        with torch.no_grad():
+            self.teacher.train(self.training)
+            teacher = self.teacher(SparseVoxels(batch["b_features"], batch["b_coords"], batch_size))
+        a_voxels = student_in.coords[batch["a_point_voxel"]]
+        b_voxels = batch["b_coords"][batch["b_point_voxel"]]
+        masked_points = mask[batch["a_point_voxel"]]
+        a_voxels, b_voxels = a_voxels[masked_points], b_voxels[masked_points]
+        out: dict[str, Tensor] = {"masked_fraction": mask.float().mean().detach()}
+        total = student.levels[0].features.new_zeros((), dtype=torch.float32)
+        for i, (s_level, t_level) in enumerate(zip(student.levels, teacher.levels)):
+            prediction = self.predictors[i](s_level.flatten()[0][point_level_index(s_level, a_voxels, i)]).float()
+            target = t_level.flatten()[0][point_level_index(t_level, b_voxels, i)].float()
+            if self.loss_kind == "cosine":
+                level_loss = (1.0 - F.cosine_similarity(prediction, target, dim=1)).mean()
+            else:
+                target = F.layer_norm(target, target.shape[-1:])
+                level_loss = F.smooth_l1_loss(prediction, target)
+            out[f"loss_level{i}"] = level_loss.detach()
+            total = total + self.level_weights[i] * level_loss
+        out["loss"] = total
+        return out
