@@ -174,6 +174,18 @@ CASES = [
     ("export_truncated", lambda f: ["export", f"checkpoint={f['truncated']}", f"out={f['root'] / 'out4.safetensors'}"],
      "truncated.pt"),
     ("export_missing_out", lambda f: ["export", f"checkpoint={f['good_run']}"], "out=..."),
+    # ---- scenes (issue #4) and detect
+    ("msm_on_object_data", lambda f: ["pretrain", "method=msm", "encoder=sparse_unet", *f["synth"]],
+     "method=msm needs scans with colour and normals"),
+    ("msm_bad_mask_ratio", lambda f: ["pretrain", "method=msm", "encoder=sparse_unet", "method.mask_ratio=1.5",
+                                      *f["synth"]], "mask_ratio=1.5"),
+    ("msm_on_point_vit", lambda f: ["pretrain", "method=msm", *f["synth"]], "MSM needs a SparseUNet encoder"),
+    ("scene_probe_on_object_data", lambda f: ["probe", "probe=scene_linear", "checkpoint=random",
+                                              "encoder=sparse_unet", *f["synth"]],
+     "the scene probe needs scans with labels"),
+    ("detect_eval_on_a_pretrain_run", lambda f: ["detect", "eval", f"checkpoint={f['good_run']}",
+                                                 "data.train_scenes=1", "data.val_scenes=1", "data.num_points=512"],
+     "not a `pc3d detect train` checkpoint"),
     # ---- prep / commands
     ("prep_unknown_dataset", lambda f: ["prep", "shapenet"], "unknown dataset for prep: 'shapenet'"),
     ("prep_bad_num_points", lambda f: ["prep", "modelnet", f"src={f['one_tree']}", f"dst={f['root'] / 'dst0'}",
@@ -189,7 +201,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, files, tmp_path, capsys)
     name, build, expect = case
     args = build(files)
     out_dir = tmp_path / "out"
-    if args[0] in ("pretrain", "probe", "finetune", "fewshot"):
+    if args[0] in ("pretrain", "probe", "finetune", "fewshot", "detect"):
         args = [*args, f"out_dir={out_dir}"]
     if args[0] in ("pretrain", "finetune", "fewshot") and len(args) > 2 and not any("max_steps" in a for a in args):
         # should a case wrongly start, it ends at once

@@ -195,3 +195,17 @@ def test_pretrain_on_rooms_then_detect_from_the_checkpoint(tmp_path):
                  "trainer.batch_size=2", "trainer.max_steps=2", f"out_dir={det}"]) == 0
     metrics = json.loads((det / "metrics.json").read_text())
     assert metrics["init"] == "pretrained" and metrics["steps"] == 2
+
+
+def test_detect_on_the_sparse_unet_train_then_eval(tmp_path):
+    run = tmp_path / "det_unet"
+    small = ["encoder=sparse_unet", "encoder.channels=[8,16,16,16,16]", "encoder.dec_channels=[16,16,16,8]",
+             "encoder.blocks=[1,1,1,1,1]", "encoder.dec_blocks=[1,1,1,1]", "encoder.voxel_size=0.1",
+             "encoder.stem_kernel=3", "encoder.window_size=32", "encoder.head_dim=8", "detect.level=2",
+             "data.train_scenes=2", "data.val_scenes=1", "data.num_points=2048", "trainer.batch_size=2"]
+    assert main(["detect", "train", "checkpoint=random", *small, "trainer.max_steps=2", f"out_dir={run}"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["init"] == "random"
+    assert main(["detect", "eval", f"checkpoint={run}", "data.train_scenes=2", "data.val_scenes=1",
+                 "data.num_points=2048", f"out_dir={tmp_path / 'eval'}"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mAP25"] == metrics["mAP25"]

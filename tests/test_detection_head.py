@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from pc3d.data.synthetic_rooms import ROOM_CLASSES, generate_room
@@ -97,3 +98,29 @@ def test_loss_falls_when_fitting_two_rooms():
     assert np.mean(history[-5:]) < 0.6 * np.mean(history[:5]), history
     detections = detector.eval().detect(batch["points"])
     assert len(detections) == 2 and all(d.boxes.shape[1] == 7 for d in detections)
+
+
+def test_sparse_unet_detector_reads_voxel_levels_in_the_scene_frame():
+    from pc3d.encoders import SparseUNet
+    from pc3d.eval.detect import build_detector
+    from pc3d.eval.detection_head import voxel_encoder_level
+
+    encoder = SparseUNet(channels=(8, 16, 16, 16, 16), dec_channels=(16, 16, 16, 8), blocks=(1,) * 5,
+                         dec_blocks=(1,) * 4, voxel_size=0.1, stem_kernel=3, window_size=32, head_dim=8)
+    rooms = [generate_room(0, seed=5), generate_room(1, seed=5)]
+    batch = _batch(rooms)
+    level = voxel_encoder_level(encoder, batch["points"], 0.1, level=2)
+    assert level.stride == pytest.approx(0.4) and level.features.shape[-1] == 16
+    for b in range(2):  # voxel centres sit inside the scene's bounds, within half a stride
+        centres = level.coords[b][level.mask[b]]
+        low, high = batch["points"][b].amin(0), batch["points"][b].amax(0)
+        assert (centres >= low - 0.2).all() and (centres <= high + 0.2).all()
+    data = type("Data", (), {"class_names": ROOM_CLASSES, "oriented": True})()
+    detector = build_detector(encoder, data, {"level": 2, "num_heading_bins": 12, "hidden_dim": 32,
+                                              "focal_gamma": 2.0, "focal_alpha": 0.25})
+    losses = detector(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert detector.encoder.stem[0].weight.grad.abs().sum() > 0
+    detections = detector.eval().detect(batch["points"])
+    assert len(detections) == 2

@@ -36,14 +36,19 @@ from pc3d.utils.config import to_plain
 
 
 def build_detector(encoder: torch.nn.Module, data: DetectionData, detect: dict[str, Any]) -> Detector:
+    level = int(detect.get("level", -1))
     width = getattr(encoder, "embed_dim", None)
+    if hasattr(encoder, "level_channels"):  # a multi-resolution encoder (sparse UNet): the chosen level's width
+        if not -len(encoder.level_channels) <= level < len(encoder.level_channels):
+            raise ConfigError(f"detect.level={level}: the encoder has {len(encoder.level_channels)} levels")
+        width = encoder.level_channels[level]
     if width is None:
         raise ConfigError(f"{type(encoder).__name__} has no embed_dim: cannot size the detection head")
     head = CenterDetectionHead(int(width), len(data.class_names),
                                num_heading_bins=int(detect["num_heading_bins"]) if data.oriented else 0,
                                hidden_dim=int(detect["hidden_dim"]), focal_gamma=float(detect["focal_gamma"]),
                                focal_alpha=float(detect["focal_alpha"]))
-    return Detector(encoder, head)
+    return Detector(encoder, head, level)
 
 
 def detect_scenes(detector: Detector, data: DetectionData, detect: dict[str, Any], seed: int,
@@ -106,7 +111,7 @@ def _report_bev(out: Path, data: DetectionData, detections: list[SceneDetections
 def run_detect(mode: str, cfg) -> dict[str, Any]:
     """``mode``: ``train`` or ``eval`` (see module docstring); returns the flat metrics."""
     from pc3d.cli import finish_run, report, start_run
-    from pc3d.hub import build_encoder, load_encoder
+    from pc3d.hub import build_encoder, encoder_config_from_checkpoint, load_encoder
     from pc3d.train import Trainer, TrainerConfig, resolve_device
     from pc3d.train.checkpoint import latest_checkpoint
     from pc3d.utils.config import call_target, seed_everything
@@ -142,11 +147,16 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
         init, fit = str(stored.get("init", "unknown")), {"steps": int(state["step"])}
         out = start_run(cfg)
     else:
+        # patch tokens per scene are a detect setting for point-token encoders; voxel encoders keep theirs
         if str(cfg.checkpoint) == "random":
-            encoder_config = {**to_plain(cfg.encoder), **tokens}
+            encoder_config = to_plain(cfg.encoder)
+            if "num_groups" in encoder_config:
+                encoder_config.update(tokens)
             encoder, init = build_encoder(encoder_config), "random"
         else:
-            encoder, encoder_config = load_encoder(cfg.checkpoint, config_overrides=tokens)
+            stored = encoder_config_from_checkpoint(cfg.checkpoint)
+            encoder, encoder_config = load_encoder(cfg.checkpoint,
+                                                   config_overrides=tokens if "num_groups" in stored else None)
             init = "pretrained"
         detector = build_detector(encoder, data, detect)
         run_config = {**to_plain(cfg), "encoder": encoder_config, "init": init}

@@ -210,7 +210,10 @@ class Detector(nn.Module):
         self.encoder, self.head, self.level = encoder, head, level
 
     def features(self, points: Tensor) -> FeatureLevel:
-        return self.encoder(points).levels[self.level]
+        voxel_size = getattr(self.encoder, "voxel_size", None)
+        if voxel_size is None:  # point tokens: the encoder takes the points
+            return self.encoder(points).levels[self.level]
+        return voxel_encoder_level(self.encoder, points, float(voxel_size), self.level)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         level = self.features(batch["points"])
@@ -222,3 +225,28 @@ class Detector(nn.Module):
         """``points (B, N, 3)`` → detections per scene (eval mode is the caller's choice)."""
         level = self.features(points)
         return self.head.decode(self.head(level), level, **decode_kwargs)
+
+
+def voxel_encoder_level(encoder: nn.Module, points: Tensor, voxel_size: float, level: int) -> FeatureLevel:
+    """One level of a voxel encoder (the sparse UNet) for point-only detection scenes.
+
+    Detection scenes carry xyz only, so the input is geometric: a neutral grey colour and PCA
+    normals (:func:`pc3d.ops.normals.estimate_normals`) per voxel. Each scene is voxelised from
+    its own minimum corner; the level's coords are moved back into the scene frame.
+
+    Args:
+        points: ``(B, N, 3)``.
+    """
+    from pc3d.data.scene_dataset import collate_voxels, point_features, voxelize_scan
+    from pc3d.ops.normals import estimate_normals
+
+    samples, origins = [], []
+    for cloud in points.detach().float().cpu():
+        normals = estimate_normals(cloud.numpy())
+        samples.append(voxelize_scan(cloud, point_features(torch.full_like(cloud, 127.5), normals), voxel_size))
+        origins.append(cloud.amin(dim=0))
+    voxels = collate_voxels(samples)
+    voxels.features, voxels.coords = voxels.features.to(points.device), voxels.coords.to(points.device)
+    out = encoder(voxels).levels[level]
+    shift = torch.stack(origins).to(out.coords)[:, None, :]
+    return FeatureLevel(out.features, out.coords + shift, out.mask, out.stride)

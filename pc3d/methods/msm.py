@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from pc3d.encoders.base import FeatureLevel
 from pc3d.encoders.sparse_unet import SparseUNet
-from pc3d.ops.sparse_conv import SparseVoxels, voxel_keys
+from pc3d.ops.sparse_conv import COORD_BITS, SparseVoxels, voxel_keys
 
 LOSSES = ("cosine", "smooth_l1")
 
@@ -56,7 +56,7 @@ def unit_mask(coords: Tensor, unit: int, ratio: float, sample_seeds: Tensor) -> 
     cubes = coords.clone()
     cubes[:, 1:] = torch.div(coords[:, 1:], unit, rounding_mode="floor")
     keys, cube_index = torch.unique(voxel_keys(cubes), return_inverse=True)  # sorted: samples in order
-    cube_batch = (keys >> 48).cpu()
+    cube_batch = (keys >> (3 * COORD_BITS)).cpu()
     masked = torch.zeros(len(keys), dtype=torch.bool)
     for b, seed in enumerate(sample_seeds.tolist()):
         members = torch.nonzero(cube_batch == b).flatten()
