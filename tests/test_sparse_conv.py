@@ -436,3 +436,16 @@ def test_bad_layer_arguments_raise():
         conv(SparseVoxels(torch.randn(len(coords), 5), coords, BATCH))
     with pytest.raises(ValueError, match="SparseVoxels"):
         SparseVoxels(torch.randn(3, 4), torch.zeros(3, 3, dtype=torch.int32), 1)
+
+
+def test_auto_backend_prefers_spconv_for_float32(monkeypatch):
+    """spconv's native CPU kernels are 3x faster (BENCHMARKS.md), so auto picks them when installed."""
+    from pc3d.ops import backends
+
+    require_spconv()
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert backends.resolve_backend("auto", "sparse_conv", torch.zeros(2, 3)) == "spconv"
+    assert backends.resolve_backend("auto", "sparse_conv", torch.zeros(2, 3, dtype=torch.float64)) == "torch"
+    monkeypatch.setenv(backends.ENV_VAR, "torch")
+    assert backends.resolve_backend("auto", "sparse_conv", torch.zeros(2, 3)) == "torch"
+    assert backends.resolve_backend("auto", "knn", torch.zeros(1, 2, 3)) == "torch"  # other ops keep torch on CPU
