@@ -156,7 +156,7 @@ def run_probe(cfg) -> dict[str, Any]:
         splits = ProbeSplits(*parts[0], *parts[1], *(parts[2] if len(data.test) else (None, None)))
         results[name] = svm_probe(splits, data.class_names, Cs=list(cfg.probe.Cs),
                                   standardize=cfg.probe.standardize, seed=cfg.seed)
-    main = results.get("pretrained", results["random"])
+    main = results["pretrained"] if "pretrained" in results else results["random"]
     metrics = dict(main)
     if "random" in results:
         metrics.update({f"random_{k}": v for k, v in results["random"].items()})
@@ -203,15 +203,15 @@ def run_scene_probe(cfg) -> dict[str, Any]:
     results = {name: probe(encoder, train, val, data.class_names, str(cfg.probe.kind), device=device,
                            interpolation=str(cfg.probe.interpolation), seed=int(cfg.seed), **options)
                for name, encoder in encoders.items()}
-    metrics = dict(results.get("pretrained", results["random"]))
-    if "pretrained" in results:
+    metrics = dict(results["pretrained"] if "pretrained" in results else results["random"])
+    if "pretrained" in results and "random" in results:
         metrics.update({f"random_{k}": v for k, v in results["random"].items()})
     metrics.update({"probe": f"scene_{cfg.probe.kind}", "train_scans": [s.name for s in train],
                     "val_scans": [s.name for s in val], "wall_s": time.perf_counter() - started})
     finish_run(out, metrics)
     line = f"probe scene_{cfg.probe.kind} ({len(train)} train / {len(val)} val scans): "
     line += f"mIoU {'pretrained' if 'pretrained' in results else 'random'} {metrics['miou']:.4f}"
-    if "pretrained" in results:
+    if "pretrained" in results and "random" in results:
         line += f" | random init {metrics['random_miou']:.4f}"
     report(line + f" → {out}")
     return metrics
