@@ -118,13 +118,29 @@ def run_pretrain(cfg) -> dict[str, Any]:
     return metrics
 
 
+def _probe_encoders(cfg) -> dict[str, Any]:
+    """``{"pretrained": ..., "random": ...}``: the checkpoint's encoder and, with ``probe.baseline``
+    (or ``checkpoint=random``), a random-init encoder of the same architecture seeded with ``seed``."""
+    from pc3d.hub import build_encoder, load_encoder
+    from pc3d.utils.config import seed_everything, to_plain
+
+    encoders: dict[str, Any] = {}
+    if str(cfg.checkpoint) == "random":
+        encoder_cfg = to_plain(cfg.encoder)
+    else:
+        encoders["pretrained"], encoder_cfg = load_encoder(cfg.checkpoint)
+    if cfg.probe.baseline or not encoders:
+        seed_everything(cfg.seed)
+        encoders["random"] = build_encoder(encoder_cfg)
+    return encoders
+
+
 def run_probe(cfg) -> dict[str, Any]:
     import numpy as np
 
     from pc3d.eval import ProbeSplits, extract_global_features, svm_probe
-    from pc3d.hub import build_encoder, load_encoder
     from pc3d.train import resolve_device
-    from pc3d.utils.config import call_target, seed_everything, to_plain
+    from pc3d.utils.config import call_target
 
     started = time.perf_counter()
     if cfg.probe.get("task") == "scene":
@@ -135,14 +151,7 @@ def run_probe(cfg) -> dict[str, Any]:
         raise ConfigError(f"probe.Cs={list(cfg.probe.Cs)}: expected a non-empty list of positive values")
     device = resolve_device(cfg.device)
     data = call_target(cfg.data, "data")
-    encoders: dict[str, Any] = {}
-    if str(cfg.checkpoint) == "random":
-        encoder_cfg = to_plain(cfg.encoder)
-    else:
-        encoders["pretrained"], encoder_cfg = load_encoder(cfg.checkpoint)
-    if cfg.probe.baseline or not encoders:
-        seed_everything(cfg.seed)
-        encoders["random"] = build_encoder(encoder_cfg)
+    encoders = _probe_encoders(cfg)
 
     out = start_run(cfg)
     order = np.concatenate([data.fit, data.val, data.test])
@@ -179,9 +188,8 @@ def run_probe(cfg) -> dict[str, Any]:
 def run_scene_probe(cfg) -> dict[str, Any]:
     """``probe=scene_linear|scene_knn``: frozen multi-level point features → mIoU, beside random init."""
     from pc3d.eval.scene_probe import run_scene_probe as probe
-    from pc3d.hub import build_encoder, load_encoder
     from pc3d.train import resolve_device
-    from pc3d.utils.config import call_target, seed_everything, to_plain
+    from pc3d.utils.config import call_target, to_plain
 
     started = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -191,14 +199,7 @@ def run_scene_probe(cfg) -> dict[str, Any]:
                           f"got {type(data).__name__}")
     options = {k: v for k, v in to_plain(cfg.probe).items() if k not in ("task", "kind", "interpolation", "baseline")}
     train, val = data.scenes(data.probe_train), data.scenes(data.probe_val)
-    encoders: dict[str, Any] = {}
-    if str(cfg.checkpoint) == "random":
-        encoder_cfg = to_plain(cfg.encoder)
-    else:
-        encoders["pretrained"], encoder_cfg = load_encoder(cfg.checkpoint)
-    if cfg.probe.baseline or not encoders:
-        seed_everything(cfg.seed)
-        encoders["random"] = build_encoder(encoder_cfg)
+    encoders = _probe_encoders(cfg)
     out = start_run(cfg)
     results = {name: probe(encoder, train, val, data.class_names, str(cfg.probe.kind), device=device,
                            interpolation=str(cfg.probe.interpolation), seed=int(cfg.seed), **options)
