@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pc3d.data.scenes import S3DIS_CLASSES, Scene, SceneSource, check_scene, write_scene_folder
+from pc3d.data.scenes import S3DIS_CLASSES, Scene, SceneSource, check_prep_paths, check_scene, write_scene_folder
 from pc3d.errors import ConfigError, DataFormatError, Pc3dError
 
 __all__ = ["PREP_VERSION", "CLASS_ALIASES", "find_rooms", "read_annotation", "read_room", "prepare_s3dis", "main"]
@@ -127,13 +127,7 @@ def prepare_s3dis(src: str | os.PathLike, dst: str | os.PathLike, force: bool = 
         DataFormatError: no rooms, or a malformed annotation file (named, with the line).
         ConfigError: bad parameters, or ``dst`` equal to ``src``.
     """
-    src_p, dst_p = Path(src), Path(dst)
-    if normals_k < 3:
-        raise ConfigError(f"normals_k must be >= 3, got {normals_k}")
-    if not src_p.is_dir():
-        raise DataFormatError(f"{src_p}: source folder not found")
-    if src_p.resolve() == dst_p.resolve():
-        raise ConfigError(f"dst {dst} must differ from src {src}")
+    src_p, dst_p = check_prep_paths(src, dst, normals_k)
     rooms = find_rooms(src_p)
     if not rooms:
         raise DataFormatError(f"{src_p}: no S3DIS rooms (expected SRC/Area_<n>/<room>/Annotations/<class>_<i>.txt)")

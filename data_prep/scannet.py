@@ -44,7 +44,7 @@ import numpy as np
 
 from pc3d.data.detection_scenes import SCANNET_NYU40_IDS
 from pc3d.data.io import _triangulate
-from pc3d.data.scenes import (SCANNET20_CLASSES, Scene, SceneSource, check_scene, default_splits,
+from pc3d.data.scenes import (SCANNET20_CLASSES, Scene, SceneSource, check_prep_paths, check_scene, default_splits,
                               find_scannet_numpy_scenes, nyu40_to_scannet20, read_json, read_scannet_numpy_scene,
                               write_scene_folder)
 from pc3d.errors import ConfigError, DataFormatError, Pc3dError
@@ -230,13 +230,7 @@ def prepare_scannet(src: str | os.PathLike, dst: str | os.PathLike, force: bool 
         DataFormatError: a missing or malformed input file (named).
         ConfigError: bad parameters, or ``dst`` equal to ``src``.
     """
-    src_p, dst_p = Path(src), Path(dst)
-    if normals_k < 3:
-        raise ConfigError(f"normals_k must be >= 3, got {normals_k}")
-    if not src_p.is_dir():
-        raise DataFormatError(f"{src_p}: source folder not found")
-    if src_p.resolve() == dst_p.resolve():
-        raise ConfigError(f"dst {dst} must differ from src {src}")
+    src_p, dst_p = check_prep_paths(src, dst, normals_k)
     params: dict[str, Any] = {"normals_k": int(normals_k), "prep_version": PREP_VERSION}
     scene_dirs = find_raw_scenes(src_p)
     if scene_dirs:

@@ -117,6 +117,18 @@ def check_scene(scene: Scene, files: dict[str, Path | str], num_classes: int | N
                                   f"{f' or 0..{high - 1}' if high is not None else ' or an id >= 0'})")
 
 
+def check_prep_paths(src: str | os.PathLike, dst: str | os.PathLike, normals_k: int) -> tuple[Path, Path]:
+    """The arguments every scene converter takes: an existing ``src``, a different ``dst``, ``normals_k >= 3``."""
+    src_p, dst_p = Path(src), Path(dst)
+    if normals_k < 3:
+        raise ConfigError(f"normals_k must be >= 3, got {normals_k}")
+    if not src_p.is_dir():
+        raise DataFormatError(f"{src_p}: source folder not found")
+    if src_p.resolve() == dst_p.resolve():
+        raise ConfigError(f"dst {dst} must differ from src {src}")
+    return src_p, dst_p
+
+
 def default_splits(names: Sequence[str]) -> dict[str, list[str]]:
     """The default split of scene names: the last (sorted) is ``val`` if there are >= 2, else the one is both."""
     names = sorted(names)
