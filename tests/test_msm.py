@@ -16,7 +16,7 @@ from pc3d.data.scenes import load_scenes
 from pc3d.encoders import SparseUNet
 from pc3d.errors import ConfigError
 from pc3d.methods import MaskedSceneModeling
-from pc3d.methods.msm import point_level_index, unit_mask
+from pc3d.methods.msm import instance_standardize, point_level_index, unit_mask, variance_covariance
 from pc3d.ops.sparse_conv import SparseVoxels
 from conftest import require_shared
 
@@ -64,6 +64,36 @@ def test_point_level_index_finds_each_voxels_ancestor():
         torch.testing.assert_close(torch.floor(centres[rows] / level.stride), expected)
 
 
+def test_variance_covariance_matches_the_formula_by_hand():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4)) * np.array([2.0, 0.5, 1.5, 0.1])
+    x[:, 3] += 0.3 * x[:, 1]  # correlated pair
+    variance, covariance = variance_covariance(torch.from_numpy(x).float())
+    std = np.sqrt(x.var(axis=0, ddof=1) + 1e-4)
+    cov = np.cov(x, rowvar=False)
+    off = cov - np.diag(np.diag(cov))
+    assert float(variance) == pytest.approx(np.maximum(1 - std, 0).mean(), rel=1e-4)
+    assert float(covariance) == pytest.approx((off ** 2).sum() / 4, rel=1e-4)
+    # collapsed (rank-1) features are penalised, decorrelated unit-variance ones are not
+    collapsed = torch.randn(500, 1).repeat(1, 4)
+    assert float(variance_covariance(collapsed)[1]) > 10 * float(variance_covariance(torch.randn(500, 4))[1])
+    assert float(variance_covariance(torch.randn(500, 4) * 3)[0]) == 0.0
+
+
+def test_instance_standardize_is_per_sample_and_per_channel():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(30, 5) * 4 + 2, torch.randn(50, 5) * 0.1 - 7])
+    batch = torch.cat([torch.zeros(30), torch.ones(50)]).long()
+    y = instance_standardize(x, batch, 2)
+    for b in range(2):
+        part = y[batch == b]
+        torch.testing.assert_close(part.mean(0), torch.zeros(5), atol=1e-4, rtol=0)
+        torch.testing.assert_close(part.var(0, unbiased=False), torch.ones(5), atol=1e-3, rtol=0)
+    x2 = x.clone()
+    x2[30:] *= 100.0  # another sample's rows do not change sample 0's output
+    torch.testing.assert_close(instance_standardize(x2, batch, 2)[:30], y[:30])
+
+
 def test_msm_loss_gradients_and_ema(views):
     _, batch = views
     torch.manual_seed(0)
@@ -89,11 +119,30 @@ def test_msm_loss_gradients_and_ema(views):
         torch.testing.assert_close(new, m * old + (1 - m) * student)
 
 
+def test_msm_total_loss_adds_the_anti_collapse_terms_per_level(views):
+    _, batch = views
+    torch.manual_seed(0)
+    model = MaskedSceneModeling(SparseUNet(**SMALL), mask_unit=4, variance_weight=1.0, covariance_weight=0.04,
+                                target_norm="instance", level_weights=[1, 2, 1, 1, 1])
+    out = model(batch)
+    weights = torch.tensor([1, 2, 1, 1, 1]) / 6
+    expected = sum(w * (out[f"loss_level{i}"] + out[f"variance_level{i}"] + 0.04 * out[f"covariance_level{i}"])
+                   for i, w in enumerate(weights))
+    torch.testing.assert_close(out["loss"].detach(), expected.float())
+    assert all(float(out[f"variance_level{i}"]) > 0 for i in range(5))  # fresh features: std below 1 somewhere
+    out["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.encoder.parameters())
+
+
 def test_msm_rejects_bad_settings():
     with pytest.raises(ValueError, match="mask_ratio"):
         MaskedSceneModeling(SparseUNet(**SMALL), mask_ratio=1.0)
     with pytest.raises(ValueError, match="loss"):
         MaskedSceneModeling(SparseUNet(**SMALL), loss="l2")
+    with pytest.raises(ValueError, match="target_norm"):
+        MaskedSceneModeling(SparseUNet(**SMALL), target_norm="batch")
+    with pytest.raises(ValueError, match="variance_weight"):
+        MaskedSceneModeling(SparseUNet(**SMALL), variance_weight=-1.0)
     with pytest.raises(ValueError, match="SparseUNet"):
         MaskedSceneModeling(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="data=scannet"):
@@ -150,8 +199,10 @@ def test_cli_msm_pretrain_then_scene_probe(shared_data, tmp_path):
     subprocess.run([*cmd, "pretrain", "method=msm", "data=scannet", f"data.root={root}", "data.crop_points=4000",
                     "data.repeats=2", *small, "trainer.batch_size=2", "trainer.max_steps=3", f"out_dir={run}"],
                    check=True, capture_output=True, text=True)
-    losses = [json.loads(line)["loss"] for line in (run / "losses.jsonl").read_text().splitlines()]
-    assert len(losses) == 3 and all(np.isfinite(losses))
+    logged = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert len(logged) == 3 and all(np.isfinite(row["loss"]) for row in logged)
+    # the model's other scalar outputs are logged beside the loss, every level's terms included
+    assert {"masked_fraction", "loss_level0", "loss_level4", "variance_level4", "covariance_level0"} <= logged[0].keys()
     probe = subprocess.run([*cmd, "probe", "probe=scene_linear", f"checkpoint={run}", "data=scannet",
                             f"data.root={root}", "probe.steps=30", f"out_dir={run / 'probe'}"],
                            check=True, capture_output=True, text=True)

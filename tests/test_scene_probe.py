@@ -8,7 +8,7 @@ import torch
 
 from pc3d.encoders.base import FeatureLevel
 from pc3d.errors import ConfigError
-from pc3d.eval.scene_probe import (ProbeFeatures, knn_probe, linear_probe, sample_level, scene_point_features,
+from pc3d.eval.scene_probe import (ProbeFeatures, effective_rank, knn_probe, linear_probe, sample_level, scene_point_features,
                                    segmentation_metrics)
 
 
@@ -57,6 +57,18 @@ def test_segmentation_metrics_by_hand():
     assert m["miou"] == pytest.approx((1 / 3 + 0.5 + 1.0) / 3)
     assert m["overall_accuracy"] == pytest.approx(4 / 6)
     assert m["mean_accuracy"] == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
+
+
+def test_effective_rank_of_known_spectra():
+    generator = torch.Generator().manual_seed(0)
+    isotropic = torch.randn(20000, 8, generator=generator)
+    assert effective_rank(isotropic, max_rows=20000) == pytest.approx(8.0, rel=0.02)
+    line = torch.randn(500, 1, generator=generator) * torch.randn(1, 8, generator=generator) + 5.0
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-6)
+    # two equal-energy orthogonal directions: exactly 2 (exp of ln 2)
+    two = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]])
+    assert effective_rank(two) == pytest.approx(2.0, abs=1e-9)
+    assert effective_rank(torch.ones(10, 4)) == 0.0
 
 
 def _clusters(seed: int, n: int = 3000) -> tuple[torch.Tensor, torch.Tensor]:

@@ -117,6 +117,25 @@ def segmentation_metrics(prediction: np.ndarray, truth: np.ndarray, class_names:
     return metrics
 
 
+def effective_rank(features: Tensor, max_rows: int = 4096, seed: int = 0) -> float:
+    """Entropy effective rank (Roy & Vetterli 2007) of centred features: ``exp(H(σ² / Σσ²))`` over the
+    singular values of up to ``max_rows`` seeded rows. 1 = every row on one line; ``C`` = isotropic.
+    Dimensional collapse of self-supervised features shows here before it shows in a probe.
+
+    Args:
+        features: ``(N, C)``, ``N >= 2``.
+    """
+    if len(features) > max_rows:
+        features = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:max_rows]]
+    singular = torch.linalg.svdvals((features - features.mean(dim=0)).double())
+    energy = singular.pow(2)
+    if float(energy.sum()) == 0.0:
+        return 0.0
+    p = energy / energy.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
 @dataclass
 class ProbeFeatures:
     """Frozen point features and labels of the train and val scans (labels -1 = ignore)."""
@@ -194,4 +213,8 @@ def run_scene_probe(encoder: nn.Module, train: Sequence[Scene], val: Sequence[Sc
     prediction = probe(data, len(class_names), seed=seed, **options)
     metrics = segmentation_metrics(prediction, data.val_labels.numpy(), class_names)
     metrics["feature_dim"] = int(data.train_features.shape[1])
+    start = 0
+    for i, width in enumerate(getattr(encoder, "level_channels", [data.val_features.shape[1]])):
+        metrics[f"effective_rank/level{i}"] = effective_rank(data.val_features[:, start:start + width], seed=seed)
+        start += width
     return metrics

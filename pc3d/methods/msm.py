@@ -25,6 +25,16 @@ The authors published inference code only; this is pc3d's recipe (defaults in
   differ by orders of magnitude and drift as the teacher moves; cosine needs no target
   normalisation and is bounded. ``loss="smooth_l1"`` (on LayerNorm-ed targets, data2vec
   style) is available for comparison.
+- **Anti-collapse: VICReg's variance and covariance terms on the student's levels.** A student
+  that predicts an EMA of itself can lower the loss with features spanning a few directions
+  (dimensional collapse). On the ScanNet samples, without these terms, the entropy effective
+  rank of every level fell from 12-32 (random init) to 1.5-4.5 within 100 steps and the linear
+  probe stayed at random init's level or fell below it; with them the ranks stay at 10-36 and the
+  probe gains 6.5-7.2 mIoU after 100 steps (BENCHMARKS.md; longer runs on two scans lose the gain).
+  At every level, all voxels of the batch: ``variance_weight ·
+  mean_c relu(1 − std_c) + covariance_weight · Σ_{i≠j} cov_ij² / C`` (VICReg's 25 : 1 ratio,
+  scaled to the cosine loss's range). ``target_norm="instance"`` (data2vec's per-sample, per-channel
+  standardised targets) is available for comparison.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from pc3d.encoders.sparse_unet import SparseUNet
 from pc3d.ops.sparse_conv import COORD_BITS, SparseVoxels, voxel_keys
 
 LOSSES = ("cosine", "smooth_l1")
+TARGET_NORMS = ("none", "instance")
 
 
 def unit_mask(coords: Tensor, unit: int, ratio: float, sample_seeds: Tensor) -> Tensor:
@@ -63,6 +74,35 @@ def unit_mask(coords: Tensor, unit: int, ratio: float, sample_seeds: Tensor) -> 
         noise = torch.rand(len(members), generator=torch.Generator().manual_seed(int(seed)))
         masked[members[noise.argsort()[:int(ratio * len(members))]]] = True
     return masked.to(coords.device)[cube_index]
+
+
+def variance_covariance(features: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """VICReg's anti-collapse terms of a feature batch: ``mean(relu(1 − std_c))`` over channels and the
+    squared off-diagonal covariance summed and divided by the channel count.
+
+    Args:
+        features: ``(M, C)``, ``M >= 2``.
+    """
+    centred = features - features.mean(dim=0)
+    std = torch.sqrt(centred.var(dim=0) + eps)
+    covariance = centred.T @ centred / (len(features) - 1)
+    off_diagonal = covariance - torch.diag(torch.diagonal(covariance))
+    return F.relu(1.0 - std).mean(), off_diagonal.pow(2).sum() / features.shape[1]
+
+
+def instance_standardize(features: Tensor, batch_index: Tensor, batch_size: int, eps: float = 1e-6) -> Tensor:
+    """Standardise every channel over each sample's rows (data2vec's instance norm on targets).
+
+    Args:
+        features: ``(M, C)``; batch_index: ``(M,)`` sample of each row.
+    """
+    count = torch.zeros(batch_size, device=features.device).index_add_(0, batch_index, torch.ones_like(
+        batch_index, dtype=features.dtype)).clamp_min(1)[:, None]
+    mean = torch.zeros(batch_size, features.shape[1], device=features.device, dtype=features.dtype).index_add_(
+        0, batch_index, features) / count
+    centred = features - mean[batch_index]
+    var = torch.zeros_like(mean).index_add_(0, batch_index, centred.pow(2)) / count
+    return centred / torch.sqrt(var[batch_index] + eps)
 
 
 def point_level_index(level: FeatureLevel, voxel_coords: Tensor, level_index: int) -> Tensor:
@@ -89,10 +129,14 @@ class MaskedSceneModeling(nn.Module):
         loss: ``"cosine"`` | ``"smooth_l1"``.
         ema_momentum: teacher momentum at the start and end of training (cosine schedule).
         level_weights: weight of each level's loss (finest first); default equal.
+        target_norm: ``"none"`` | ``"instance"`` (each sample's teacher features standardised per channel).
+        variance_weight, covariance_weight: VICReg terms on the student's features of every level
+            (0 disables them).
     """
 
     def __init__(self, encoder: SparseUNet, mask_ratio: float = 0.6, mask_unit: int = 8, loss: str = "cosine",
-                 ema_momentum: Sequence[float] = (0.996, 1.0), level_weights: Sequence[float] | None = None) -> None:
+                 ema_momentum: Sequence[float] = (0.996, 1.0), level_weights: Sequence[float] | None = None,
+                 target_norm: str = "none", variance_weight: float = 1.0, covariance_weight: float = 0.04) -> None:
         super().__init__()
         if not isinstance(encoder, SparseUNet):
             raise ValueError(f"MSM needs a SparseUNet encoder (encoder=sparse_unet), got {type(encoder).__name__}")
@@ -104,6 +148,10 @@ class MaskedSceneModeling(nn.Module):
             raise ValueError(f"loss={loss!r}: expected one of {', '.join(LOSSES)}")
         if len(ema_momentum) != 2 or not 0.0 <= ema_momentum[0] <= ema_momentum[1] <= 1.0:
             raise ValueError(f"ema_momentum={list(ema_momentum)}: expected [start, end] with 0 <= start <= end <= 1")
+        if target_norm not in TARGET_NORMS:
+            raise ValueError(f"target_norm={target_norm!r}: expected one of {', '.join(TARGET_NORMS)}")
+        if variance_weight < 0 or covariance_weight < 0:
+            raise ValueError(f"variance_weight={variance_weight}, covariance_weight={covariance_weight}: expected >= 0")
         levels = len(encoder.level_channels)
         weights = [1.0] * levels if level_weights is None else [float(w) for w in level_weights]
         if len(weights) != levels or sum(weights) <= 0:
@@ -112,6 +160,8 @@ class MaskedSceneModeling(nn.Module):
         self.teacher = copy.deepcopy(encoder)
         self.teacher.requires_grad_(False)
         self.mask_ratio, self.mask_unit, self.loss_kind = mask_ratio, mask_unit, loss
+        self.target_norm = target_norm
+        self.variance_weight, self.covariance_weight = float(variance_weight), float(covariance_weight)
         self.ema_momentum = (float(ema_momentum[0]), float(ema_momentum[1]))
         self.register_buffer("level_weights", torch.tensor(weights) / sum(weights), persistent=False)
         width = encoder.init_config["channels"][0]
@@ -157,13 +207,22 @@ class MaskedSceneModeling(nn.Module):
         total = student.levels[0].features.new_zeros((), dtype=torch.float32)
         for i, (s_level, t_level) in enumerate(zip(student.levels, teacher.levels)):
             prediction = self.predictors[i](s_level.flatten()[0][point_level_index(s_level, a_voxels, i)]).float()
-            target = t_level.flatten()[0][point_level_index(t_level, b_voxels, i)].float()
+            t_features, _, t_batch = t_level.flatten()
+            if self.target_norm == "instance":
+                t_features = instance_standardize(t_features.float(), t_batch, batch_size)
+            target = t_features[point_level_index(t_level, b_voxels, i)].float()
             if self.loss_kind == "cosine":
                 level_loss = (1.0 - F.cosine_similarity(prediction, target, dim=1)).mean()
             else:
-                target = F.layer_norm(target, target.shape[-1:])
+                if self.target_norm == "none":
+                    target = F.layer_norm(target, target.shape[-1:])
                 level_loss = F.smooth_l1_loss(prediction, target)
             out[f"loss_level{i}"] = level_loss.detach()
             total = total + self.level_weights[i] * level_loss
+            if self.variance_weight or self.covariance_weight:
+                variance, covariance = variance_covariance(s_level.flatten()[0].float())
+                out[f"variance_level{i}"], out[f"covariance_level{i}"] = variance.detach(), covariance.detach()
+                total = total + self.level_weights[i] * (self.variance_weight * variance
+                                                         + self.covariance_weight * covariance)
         out["loss"] = total
         return out

@@ -20,7 +20,8 @@ batch (a distributed sampler seeded per epoch), so data, sample seeds and — wi
 the same global batch; DDP averages the gradients, which equals the single-process
 gradient of the batch-mean loss. What is not shared is each rank's own torch RNG
 stream (drop-path). Rank 0 alone logs, writes ``losses.jsonl`` (the loss averaged over
-ranks) and checkpoints; every rank's RNG state is stored in the checkpoint.
+ranks, then the model's other scalar outputs — e.g. MSM's per-level terms — as rank 0 saw
+them) and checkpoints; every rank's RNG state is stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -276,11 +277,15 @@ class Trainer:
             handle.write("".join(f"{line}\n" for line in kept))
         return path
 
-    def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
-        """One optimisation step; returns the loss averaged over ranks and the learning rate used."""
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, dict[str, float]]:
+        """One optimisation step; returns the loss averaged over ranks, the learning rate used and this
+        rank's other scalar model outputs."""
         self.forward_model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
-            loss = self.forward_model(batch)["loss"]
+            outputs = self.forward_model(batch)
+        loss = outputs["loss"]
+        terms = {key: float(value) for key, value in outputs.items()
+                 if key != "loss" and isinstance(value, torch.Tensor) and value.numel() == 1}
         value = float(all_reduce_mean(loss.float()))
         if not math.isfinite(value):  # every rank sees the same mean, so all stop together
             raise Pc3dError(f"loss became {value} at step {self.step + 1}; the last good "
@@ -295,7 +300,7 @@ class Trainer:
         self.step += 1
         if hasattr(self.model, "on_optimizer_step"):  # e.g. MSM's EMA teacher
             self.model.on_optimizer_step(self.step, self.total_steps)
-        return value, lr
+        return value, lr, terms
 
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns ``final_loss, steps, wall_s, samples_per_s`` (global samples)."""
@@ -323,19 +328,21 @@ class Trainer:
                 batch = next(batches)
                 batch = {k: v if k == "sample_seed" else v.to(self.device, non_blocking=True)
                          for k, v in batch.items()}
-                value, lr = self._train_step(batch)
+                value, lr, terms = self._train_step(batch)
                 samples += cfg.batch_size
                 recent = (recent + [value])[-FINAL_LOSS_WINDOW:]
                 throughput = samples / max(time.perf_counter() - loop_started, 1e-9)
                 last = self.step == self.total_steps
                 if main:
-                    loss_log.write(json.dumps({"step": self.step, "loss": value, "lr": lr}) + "\n")
+                    loss_log.write(json.dumps({"step": self.step, "loss": value, "lr": lr, **terms}) + "\n")
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{throughput:.1f}")
                     if self.step % cfg.log_every == 0 or last:
                         writer.add_scalar("train/loss", value, self.step)
                         writer.add_scalar("train/lr", lr, self.step)
                         writer.add_scalar("train/samples_per_s", throughput, self.step)
+                        for key, term in terms.items():
+                            writer.add_scalar(f"train/{key}", term, self.step)
                         if bar.disable:
                             log.info("step %d/%d loss %.5f lr %.2e %.1f samples/s", self.step, self.total_steps,
                                      value, lr, throughput)
