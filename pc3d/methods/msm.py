@@ -206,7 +206,8 @@ class MaskedSceneModeling(nn.Module):
         out: dict[str, Tensor] = {"masked_fraction": mask.float().mean().detach()}
         total = student.levels[0].features.new_zeros((), dtype=torch.float32)
         for i, (s_level, t_level) in enumerate(zip(student.levels, teacher.levels)):
-            prediction = self.predictors[i](s_level.flatten()[0][point_level_index(s_level, a_voxels, i)]).float()
+            s_features = s_level.flatten()[0]
+            prediction = self.predictors[i](s_features[point_level_index(s_level, a_voxels, i)]).float()
             t_features, _, t_batch = t_level.flatten()
             if self.target_norm == "instance":
                 t_features = instance_standardize(t_features.float(), t_batch, batch_size)
@@ -220,7 +221,7 @@ class MaskedSceneModeling(nn.Module):
             out[f"loss_level{i}"] = level_loss.detach()
             total = total + self.level_weights[i] * level_loss
             if self.variance_weight or self.covariance_weight:
-                variance, covariance = variance_covariance(s_level.flatten()[0].float())
+                variance, covariance = variance_covariance(s_features.float())
                 out[f"variance_level{i}"], out[f"covariance_level{i}"] = variance.detach(), covariance.detach()
                 total = total + self.level_weights[i] * (self.variance_weight * variance
                                                          + self.covariance_weight * covariance)
