@@ -25,13 +25,14 @@ import importlib.util
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import cpu_name, peak_rss_mib  # noqa: E402
 
 SIZES = {
     "small": {"batch": 32, "points": 1024, "centres": 64, "k": 32},
@@ -179,9 +180,6 @@ def naive_chamfer_bytes(size: dict) -> int:
 # --------------------------------------------------------------------------- child process
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
 
 def run_case(op: str, impl: str, size_name: str, threads: int, repeats: int) -> dict:
     """Runs in a fresh spawn child: build inputs, time, report peak RSS growth."""
@@ -198,7 +196,7 @@ def run_case(op: str, impl: str, size_name: str, threads: int, repeats: int) -> 
         inputs["a"] = torch.rand(b, n, 3, generator=g).requires_grad_()
         inputs["b"] = torch.rand(b, n, 3, generator=g).requires_grad_()
     fn = maker(size, inputs)
-    baseline = _peak_rss_mib()
+    baseline = peak_rss_mib()
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -207,7 +205,7 @@ def run_case(op: str, impl: str, size_name: str, threads: int, repeats: int) -> 
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    return {"ms": statistics.median(times), "rss_mib": _peak_rss_mib() - baseline}
+    return {"ms": statistics.median(times), "rss_mib": peak_rss_mib() - baseline}
 
 
 # --------------------------------------------------------------------------- driver
@@ -216,15 +214,6 @@ def run_case(op: str, impl: str, size_name: str, threads: int, repeats: int) -> 
 def _available(module: str | None) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()
     print(f"# pc3d.ops benchmark\n\n`python bench/ops.py --repeats {args.repeats} --threads {args.threads}`  ")
-    print(f"{_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} torch threads, "
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} torch threads, "
           f"python {platform.python_version()}  ")
     print(f"load average before: {load_before[0]:.2f} (other processes may share the cores)\n")
     missing = sorted({mod for op in op_names for _, mod, _ in IMPLEMENTATIONS[op] if mod and not _available(mod)})

@@ -40,7 +40,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import cpu_name, peak_rss_mib  # noqa: E402
 
 VOXEL = 0.02
 WALL_HEIGHT = 2.6
@@ -117,9 +118,6 @@ def room_with_voxels(target: int, seed: int = 0):
 # --------------------------------------------------------------------------- child process
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
 
 def run_case(scene_path: str, backend: str, device: str, mode: str, repeats: int, threads: int | None) -> dict:
     """Runs in a fresh spawn child: load the scene, build the model, time, report peak memory growth."""
@@ -153,7 +151,7 @@ def run_case(scene_path: str, backend: str, device: str, mode: str, repeats: int
         return out
 
     sync()
-    baseline_rss = _rss_mib()
+    baseline_rss = peak_rss_mib()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         baseline_cuda = torch.cuda.memory_allocated()
@@ -173,22 +171,13 @@ def run_case(scene_path: str, backend: str, device: str, mode: str, repeats: int
         result["memory"] = "cuda max_memory_allocated - memory_allocated before"
         result["gpu"] = torch.cuda.get_device_name(dev)
     else:
-        result["peak_mib"] = _rss_mib() - baseline_rss
+        result["peak_mib"] = peak_rss_mib() - baseline_rss
         result["memory"] = "ru_maxrss growth"
     return result
 
 
 # --------------------------------------------------------------------------- driver
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _parse_size(text: str) -> int:
@@ -237,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/sparse_unet.py " + " ".join(sys.argv[1:] if argv is None else argv)
     load_before = os.getloadavg()
     print(f"# SparseUNet benchmark (default config, batch 1, {VOXEL * 100:g} cm voxels)\n\n`{command}`  ")
-    print(f"{_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{args.threads or torch.get_num_threads()} torch threads, python {platform.python_version()}"
           + (f", {torch.cuda.get_device_name(0)}" if "cuda" in devices else "") + "  ")
     print(f"load average before: {load_before[0]:.2f} (other processes may share the cores)\n")
@@ -284,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from pc3d.utils.atomic import atomic_write_json
 
-        atomic_write_json(args.out, {"command": command, "cpu": _cpu_name(), "cpus": os.cpu_count(),
+        atomic_write_json(args.out, {"command": command, "cpu": cpu_name(), "cpus": os.cpu_count(),
                                      "torch": torch.__version__, "load_before": load_before[0],
                                      "load_after": os.getloadavg()[0], "cases": cases})
         print(f"wrote {args.out}", file=sys.stderr)

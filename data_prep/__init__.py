@@ -1,1 +1,22 @@
 """Dataset converters into the pc3d prepared object cache (``python -m data_prep.<name>``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, TypeVar
+
+from pc3d.errors import Pc3dError
+
+Result = TypeVar("Result")
+
+
+def run_converter(prepare: Callable[[], Result], summary: Callable[[Result], str]) -> int:
+    """The exit path every ``python -m data_prep.<name>`` shares: run ``prepare``; a :class:`Pc3dError`
+    becomes one ``error: ...`` line on stderr and exit status 2, success prints ``summary(result)``."""
+    try:
+        result = prepare()
+    except Pc3dError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    return 0

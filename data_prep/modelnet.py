@@ -52,10 +52,11 @@ from typing import Any
 
 import numpy as np
 
+from data_prep import run_converter
 from pc3d.data.io import read_points
 from pc3d.data.prepared import VALID_SPLITS, load_object_cache, read_manifest, write_object_cache
 from pc3d.data.transforms import normalize_unit_sphere
-from pc3d.errors import ConfigError, DataFormatError, Pc3dError
+from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
 
 __all__ = ["PREP_VERSION", "RECOGNISED_SUFFIXES", "prepare_modelnet", "scan_tree", "main"]
@@ -267,17 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
-    try:
-        manifest, rebuilt = _prepare(args.src, args.dst, num_points=args.num_points,
-                                     num_surface_points=args.num_surface_points, seed=args.seed,
-                                     force=args.force)
-    except Pc3dError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    state = "prepared" if rebuilt else "up to date:"
-    print(f"{state} {manifest['num_shapes']} shapes, {len(manifest['classes'])} classes, "
-          f"{manifest['num_points']} points each -> {args.dst}")
-    return 0
+    def summary(result: tuple[dict, bool]) -> str:
+        manifest, rebuilt = result
+        return (f"{'prepared' if rebuilt else 'up to date:'} {manifest['num_shapes']} shapes, "
+                f"{len(manifest['classes'])} classes, {manifest['num_points']} points each -> {args.dst}")
+
+    return run_converter(lambda: _prepare(args.src, args.dst, num_points=args.num_points,
+                                          num_surface_points=args.num_surface_points, seed=args.seed,
+                                          force=args.force), summary)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from data_prep import run_converter
 from pc3d.data.scenes import S3DIS_CLASSES, Scene, SceneSource, check_prep_paths, check_scene, write_scene_folder
-from pc3d.errors import ConfigError, DataFormatError, Pc3dError
+from pc3d.errors import ConfigError, DataFormatError
 
 __all__ = ["PREP_VERSION", "CLASS_ALIASES", "find_rooms", "read_annotation", "read_room", "prepare_s3dis", "main"]
 
@@ -155,13 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normals-k", type=int, default=16)
     parser.add_argument("--force", action="store_true", help="reconvert everything and reset splits.json")
     args = parser.parse_args(argv)
-    try:
-        manifest = prepare_s3dis(args.src, args.dst, args.force, val_area=args.val_area, normals_k=args.normals_k)
-    except Pc3dError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"prepared {len(manifest['scenes'])} rooms -> {args.dst}")
-    return 0
+    return run_converter(
+        lambda: prepare_s3dis(args.src, args.dst, args.force, val_area=args.val_area, normals_k=args.normals_k),
+        lambda manifest: f"prepared {len(manifest['scenes'])} rooms -> {args.dst}")
 
 
 if __name__ == "__main__":

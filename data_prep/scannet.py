@@ -42,12 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from data_prep import run_converter
 from pc3d.data.detection_scenes import SCANNET_NYU40_IDS
 from pc3d.data.io import _triangulate
 from pc3d.data.scenes import (SCANNET20_CLASSES, Scene, SceneSource, check_prep_paths, check_scene, default_splits,
                               find_scannet_numpy_scenes, nyu40_to_scannet20, read_json, read_scannet_numpy_scene,
                               write_scene_folder)
-from pc3d.errors import ConfigError, DataFormatError, Pc3dError
+from pc3d.errors import ConfigError, DataFormatError
 
 __all__ = ["PREP_VERSION", "LABELS_TSV", "prepare_scannet", "find_raw_scenes", "read_label_map", "read_mesh_ply",
            "read_raw_scene", "main"]
@@ -280,14 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-axis-align", action="store_true", help="ignore <scene>.txt axisAlignment")
     parser.add_argument("--force", action="store_true", help="reconvert everything and reset splits.json")
     args = parser.parse_args(argv)
-    try:
-        manifest = prepare_scannet(args.src, args.dst, args.force, labels_tsv=args.labels_tsv,
-                                   normals_k=args.normals_k, axis_align=not args.no_axis_align)
-    except Pc3dError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"prepared {len(manifest['scenes'])} scenes -> {args.dst}")
-    return 0
+    return run_converter(
+        lambda: prepare_scannet(args.src, args.dst, args.force, labels_tsv=args.labels_tsv,
+                                normals_k=args.normals_k, axis_align=not args.no_axis_align),
+        lambda manifest: f"prepared {len(manifest['scenes'])} scenes -> {args.dst}")
 
 
 if __name__ == "__main__":

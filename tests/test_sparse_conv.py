@@ -449,3 +449,12 @@ def test_auto_backend_prefers_spconv_for_float32(monkeypatch):
     monkeypatch.setenv(backends.ENV_VAR, "torch")
     assert backends.resolve_backend("auto", "sparse_conv", torch.zeros(2, 3)) == "torch"
     assert backends.resolve_backend("auto", "knn", torch.zeros(1, 2, 3)) == "torch"  # other ops keep torch on CPU
+
+
+def test_sparse_voxels_to_moves_the_voxels_with_a_fresh_kernel_map_cache():
+    coords = torch.tensor([[0, 1, 2, 3], [0, 4, 5, 6], [1, 0, 0, 0]], dtype=torch.int32)
+    voxels = SparseVoxels(torch.randn(3, 5), coords, 2)
+    voxels.cache["s0/subm3"] = "a map built for the old device"
+    moved = voxels.to("cpu")
+    assert torch.equal(moved.features, voxels.features) and torch.equal(moved.coords, voxels.coords)
+    assert moved.batch_size == 2 and moved.cache == {}

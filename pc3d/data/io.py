@@ -35,13 +35,14 @@ starts with the path and says what was expected.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,6 +56,7 @@ __all__ = [
     "read_ply",
     "read_off",
     "read_array",
+    "read_json",
     "read_npy",
     "read_npz",
     "read_txt",
@@ -681,6 +683,17 @@ def read_array(path: PathLike) -> np.ndarray:
         return np.asarray(np.load(path, allow_pickle=False))
     except (ValueError, OSError, EOFError) as exc:
         raise _fail(path, f"not a valid .npy array ({exc})") from exc
+
+
+def read_json(path: PathLike) -> Any:
+    """Parse a JSON file; a missing or malformed file raises DataFormatError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFormatError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def read_npy(path: PathLike) -> PointCloud:

@@ -17,7 +17,6 @@ cache or the new one, never a mix.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pc3d.data.io import read_json
 from pc3d.errors import DataFormatError
 from pc3d.utils.atomic import atomic_replace_dir, atomic_write, atomic_write_json
 
@@ -178,10 +178,7 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     path = Path(root) / "manifest.json"
     if not path.is_file():
         raise DataFormatError(f"{path}: missing (not a prepared object cache; run `pc3d prep` first)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataFormatError(f"{path}: unreadable manifest ({exc})") from exc
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
         raise DataFormatError(f"{path}: not a {CACHE_FORMAT} manifest (format="
                               f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")

@@ -29,7 +29,6 @@ instance ``id - 1``) with the default split of :func:`default_splits`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pc3d.data.detection_scenes import SCANNET_NYU40_IDS
-from pc3d.data.io import read_array
+from pc3d.data.io import read_array, read_json
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.atomic import atomic_replace_dir, atomic_write, atomic_write_json
 from pc3d.utils.progress import get_logger, progress
@@ -162,17 +161,6 @@ def read_scene(path: str | os.PathLike, num_classes: int | None = None) -> Scene
     scene = Scene(path.name, **{field: read_array(file) for field, file in files.items()})
     check_scene(scene, files, num_classes)
     return scene
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; a missing or malformed file raises DataFormatError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataFormatError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def read_scene_manifest(root: str | os.PathLike) -> dict[str, Any]:
@@ -349,8 +337,8 @@ def _previous_manifest(dst: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        found = read_json(path)
+    except DataFormatError:
         found = None
     if not isinstance(found, dict) or found.get("format") != SCENE_FORMAT:
         raise ConfigError(f"dst {dst} already holds a manifest.json that is not a {SCENE_FORMAT} manifest; "

@@ -245,8 +245,6 @@ def voxel_encoder_level(encoder: nn.Module, points: Tensor, voxel_size: float, l
         normals = estimate_normals(cloud.numpy())
         samples.append(voxelize_scan(cloud, point_features(torch.full_like(cloud, 127.5), normals), voxel_size))
         origins.append(cloud.amin(dim=0))
-    voxels = collate_voxels(samples)
-    voxels.features, voxels.coords = voxels.features.to(points.device), voxels.coords.to(points.device)
-    out = encoder(voxels).levels[level]
+    out = encoder(collate_voxels(samples).to(points.device)).levels[level]
     shift = torch.stack(origins).to(out.coords)[:, None, :]
     return FeatureLevel(out.features, out.coords + shift, out.mask, out.stride)

@@ -85,9 +85,7 @@ def scene_point_features(encoder: nn.Module, scene: Scene, device: torch.device 
     if voxel_size <= 0:
         raise ConfigError("the scene probe needs a voxel encoder (encoder=sparse_unet)")
     voxels, _ = scan_voxels(scene, voxel_size)
-    encoder = encoder.to(device).eval()
-    voxels.features, voxels.coords = voxels.features.to(device), voxels.coords.to(device)
-    output = encoder(voxels)
+    output = encoder.to(device).eval()(voxels.to(device))
     coord = torch.from_numpy(np.asarray(scene.coord, dtype=np.float32)).to(device)
     positions = coord - coord.amin(dim=0)  # the grid frame of scan_voxels
     batch = torch.zeros(len(positions), dtype=torch.int64, device=device)

@@ -83,6 +83,10 @@ class SparseVoxels:
     def __len__(self) -> int:
         return len(self.coords)
 
+    def to(self, device: torch.device | str) -> "SparseVoxels":
+        """The same voxels on ``device`` (kernel maps are rebuilt there)."""
+        return SparseVoxels(self.features.to(device), self.coords.to(device), self.batch_size, validate=False)
+
     def to_spconv(self) -> Any:
         """The spconv ``SparseConvTensor`` view of these voxels (built once, then kept)."""
         if self._spconv is None:
@@ -160,11 +164,16 @@ def downsample_map(coords: Tensor, stride: int) -> tuple[Tensor, Tensor, Tensor]
     return out_coords, children, parents
 
 
+def _gather_columns(features: Tensor, table: Tensor) -> Tensor:
+    """im2col over a neighbour table: ``(M_out, K·C)``, row ``i`` = ``features[table[i, k]]`` for every
+    ``k`` (zeros where ``table`` is -1)."""
+    padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
+    return padded[table].reshape(len(table), -1)
+
+
 def _gather_matmul(features: Tensor, table: Tensor, weight: Tensor) -> Tensor:
     """``out[i] = Σ_k features[table[i, k]] @ weight[k]`` (-1 entries contribute 0), as one GEMM."""
-    padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
-    columns = padded[table].reshape(len(table), -1)  # (M_out, K·C_in)
-    return columns @ weight.reshape(-1, weight.shape[-1])
+    return _gather_columns(features, table) @ weight.reshape(-1, weight.shape[-1])
 
 
 class _TableConv(torch.autograd.Function):
@@ -186,9 +195,7 @@ class _TableConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_features = _gather_matmul(grad_out, transposed, weight.transpose(1, 2))
         if ctx.needs_input_grad[1]:
-            padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
-            columns = padded[table].reshape(len(table), -1)
-            grad_weight = (columns.T @ grad_out).reshape(weight.shape)
+            grad_weight = (_gather_columns(features, table).T @ grad_out).reshape(weight.shape)
         return grad_features, grad_weight, None, None
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from pc3d.ops.sparse_conv import COORD_BITS, MAX_COORD
+from pc3d.ops.sparse_conv import COORD_BITS, MAX_COORD, voxel_keys
 
 
 def voxelize(coord: Tensor, voxel_size: float, origin: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -31,8 +32,8 @@ def voxelize(coord: Tensor, voxel_size: float, origin: Tensor | None = None) -> 
     if int(index.min()) < 0 or int(index.max()) > MAX_COORD:
         raise ValueError(f"voxelize: the cloud spans {int(index.max()) + 1} voxels of {voxel_size} along an axis "
                          f"(or lies below the origin); at most {MAX_COORD + 1} are supported")
-    keys = (index[:, 0] << (2 * COORD_BITS)) | (index[:, 1] << COORD_BITS) | index[:, 2]
-    unique_keys, inverse = torch.unique(keys, return_inverse=True)
+    # batch 0 keeps the key layout of voxel_keys: x, y, z in the low three 16-bit fields
+    unique_keys, inverse = torch.unique(voxel_keys(F.pad(index, (1, 0))), return_inverse=True)
     mask = (1 << COORD_BITS) - 1
     grid = torch.stack([unique_keys >> (2 * COORD_BITS), (unique_keys >> COORD_BITS) & mask, unique_keys & mask], 1)
     return grid, inverse
