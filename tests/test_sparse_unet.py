@@ -163,6 +163,7 @@ def test_torch_and_spconv_backends_agree(crops):
         assert torch.equal(a.mask, e.mask) and torch.equal(a.coords, e.coords)
         scale = max(float(e.features.abs().max()), 1.0)
         error = float((a.features - e.features).abs().max())
+        # float32 rounding through ~20 layers: measured <= 2.9e-7 of the scale (1 or 2 threads); 1e-4 leaves 300x
         assert error <= 1e-4 * scale, f"level {i}: spconv vs torch max |error| {error:.3g} (scale {scale:.3g})"
     assert torch.allclose(actual.global_feature, expected.global_feature, rtol=1e-4, atol=1e-4)
 

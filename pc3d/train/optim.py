@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the warm-up + cosine learning-rate schedule."""
+"""Optimisers (AdamW, SGD with momentum), their parameter groups and the warm-up + cosine schedule."""
 
 from __future__ import annotations
 
@@ -41,9 +41,18 @@ def warmup_cosine_lr(step: int, *, base_lr: float, total_steps: int, warmup_step
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw",
+                    betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``kind="adamw"`` (Point-MAE's) or ``"sgd"`` (Nesterov momentum, Pointcept's sparse-UNet recipes)."""
+    groups = param_groups(model, weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    raise ValueError(f"optimizer={kind!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, *, base_lr: float, total_steps: int,

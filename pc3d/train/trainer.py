@@ -43,7 +43,7 @@ from pc3d.errors import CheckpointError, ConfigError, Pc3dError
 from pc3d.train.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pc3d.train.distributed import (DistributedContext, all_reduce_mean, barrier, broadcast_object,
                                     convert_sync_batchnorm, current_context, gather_objects)
-from pc3d.train.optim import build_optimizer, build_scheduler
+from pc3d.train.optim import OPTIMIZERS, build_optimizer, build_scheduler
 from pc3d.utils.atomic import atomic_write
 from pc3d.utils.config import seed_everything
 from pc3d.utils.progress import get_logger, progress
@@ -61,6 +61,7 @@ class TrainerConfig:
     with inductor) or the name of another ``torch.compile`` backend.
     ``sync_batchnorm`` / ``find_unused_parameters``: multi-process runs only.
 
+    ``optimizer``: ``adamw`` or ``sgd`` (``momentum``, Nesterov; see :func:`~pc3d.train.optim.build_optimizer`).
     ``max_steps`` overrides ``epochs``; warm-up is ``warmup_steps`` when given, else
     ``warmup_epochs`` worth of steps, scaled by ``max_steps / (epochs × steps_per_epoch)``
     when ``max_steps`` shortens the run.
@@ -69,6 +70,8 @@ class TrainerConfig:
     epochs: int = 300
     max_steps: int | None = None
     batch_size: int = 128
+    optimizer: str = "adamw"
+    momentum: float = 0.9
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 10.0
@@ -182,7 +185,10 @@ class Trainer:
             self.warmup_steps = int(config.warmup_steps)
         else:
             self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch * self.total_steps / max(planned, 1))
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay)
+        if config.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"trainer.optimizer={config.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.optimizer,
+                                         momentum=config.momentum)
         self.scheduler = build_scheduler(self.optimizer, base_lr=config.lr, total_steps=self.total_steps,
                                          warmup_steps=self.warmup_steps, warmup_lr_init=config.warmup_lr_init,
                                          min_lr=config.min_lr)
