@@ -20,3 +20,10 @@ def run_converter(prepare: Callable[[], Result], summary: Callable[[Result], str
         return 2
     print(summary(result))
     return 0
+
+
+def scene_summary(src: object, dst: object, manifest: dict) -> str:
+    """The line ``pc3d prep`` prints after a scene conversion."""
+    scenes = manifest["scenes"]
+    return (f"prepared {src} → {dst}: {len(scenes)} scenes, {sum(s['points'] for s in scenes.values())} points, "
+            f"{len(manifest['class_names'])} classes")

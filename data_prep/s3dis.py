@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from data_prep import run_converter
+from data_prep import run_converter, scene_summary
 from pc3d.data.scenes import S3DIS_CLASSES, Scene, SceneSource, check_prep_paths, check_scene, write_scene_folder
-from pc3d.errors import ConfigError, DataFormatError
+from pc3d.errors import DataFormatError
 
 __all__ = ["PREP_VERSION", "CLASS_ALIASES", "find_rooms", "read_annotation", "read_room", "prepare_s3dis", "main"]
 
@@ -144,6 +144,13 @@ def prepare_s3dis(src: str | os.PathLike, dst: str | os.PathLike, force: bool = 
     params = {"normals_k": int(normals_k), "class_aliases": CLASS_ALIASES, "prep_version": PREP_VERSION}
     return write_scene_folder(dst_p, sources, dataset="s3dis", class_names=S3DIS_CLASSES, source=src_p,
                               params=params, splits=splits, force=force)
+
+
+def prep_command(cfg) -> dict:
+    """``pc3d prep s3dis`` (``configs/prep/s3dis.yaml``)."""
+    manifest = prepare_s3dis(cfg.src, cfg.dst, cfg.force, val_area=cfg.val_area, normals_k=cfg.normals_k)
+    print(scene_summary(cfg.src, cfg.dst, manifest))
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:

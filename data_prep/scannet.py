@@ -42,13 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from data_prep import run_converter
+from data_prep import run_converter, scene_summary
 from pc3d.data.detection_scenes import SCANNET_NYU40_IDS
 from pc3d.data.io import _triangulate
 from pc3d.data.scenes import (SCANNET20_CLASSES, Scene, SceneSource, check_prep_paths, check_scene, default_splits,
                               find_scannet_numpy_scenes, nyu40_to_scannet20, read_json, read_scannet_numpy_scene,
                               write_scene_folder)
-from pc3d.errors import ConfigError, DataFormatError
+from pc3d.errors import DataFormatError
 
 __all__ = ["PREP_VERSION", "LABELS_TSV", "prepare_scannet", "find_raw_scenes", "read_label_map", "read_mesh_ply",
            "read_raw_scene", "main"]
@@ -268,6 +268,14 @@ def _numpy_source(prefix: Path, normals_k: int) -> SceneSource:
     inputs = [Path(f"{prefix}_{kind}.npy") for kind in ("vert_all", "sem_label_all", "ins_label_all", "bbox")]
     return SceneSource(prefix.name, [p for p in inputs if p.is_file()],
                        lambda: read_scannet_numpy_scene(prefix, normals_k))
+
+
+def prep_command(cfg) -> dict:
+    """``pc3d prep scannet`` (``configs/prep/scannet.yaml``)."""
+    manifest = prepare_scannet(cfg.src, cfg.dst, cfg.force, labels_tsv=cfg.labels_tsv, normals_k=cfg.normals_k,
+                               axis_align=cfg.axis_align)
+    print(scene_summary(cfg.src, cfg.dst, manifest))
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:

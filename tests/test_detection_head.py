@@ -9,6 +9,7 @@ import torch
 from pc3d.data.synthetic_rooms import ROOM_CLASSES, generate_room
 from pc3d.encoders import PointViT
 from pc3d.encoders.base import FeatureLevel
+from pc3d.encoders.inputs import encoder_input
 from pc3d.eval.detection import SceneBoxes, evaluate_detections
 from pc3d.eval.detection_head import (CenterDetectionHead, Detector, assign_targets, bin_to_heading,
                                       heading_to_bin)
@@ -55,7 +56,9 @@ def test_perfect_outputs_decode_to_the_ground_truth_with_map_one():
     assert metrics["mAP50"] == 1.0 and metrics["recall50"] == 1.0
 
 
-def _batch(rooms, num_points=2048, seed=0):
+def _batch(rooms, num_points=2048, seed=0, spec=None):
+    """Scenes of ``rooms`` as a detection batch; ``input`` is what an encoder with ``spec`` takes
+    (default: a point encoder's, the points themselves)."""
     rng = np.random.default_rng(seed)
     points = np.stack([r.points[rng.choice(len(r.points), num_points, replace=False)] for r in rooms])
     k = max(len(r.boxes) for r in rooms)
@@ -64,7 +67,9 @@ def _batch(rooms, num_points=2048, seed=0):
     for i, r in enumerate(rooms):
         gt_boxes[i, :len(r.boxes)] = torch.from_numpy(r.boxes)
         gt_labels[i, :len(r.boxes)] = torch.from_numpy(r.labels)
-    return {"points": torch.from_numpy(points), "gt_boxes": gt_boxes, "gt_labels": gt_labels}
+    samples = [{"points": torch.from_numpy(p)} for p in points]
+    inputs = torch.from_numpy(points) if spec is None else encoder_input(spec, samples)
+    return {"points": torch.from_numpy(points), "gt_boxes": gt_boxes, "gt_labels": gt_labels, "input": inputs}
 
 
 def _detector():
@@ -96,23 +101,22 @@ def test_loss_falls_when_fitting_two_rooms():
         optimizer.step()
         history.append(loss.item())
     assert np.mean(history[-5:]) < 0.6 * np.mean(history[:5]), history
-    detections = detector.eval().detect(batch["points"])
+    detections = detector.eval().detect(batch["input"])
     assert len(detections) == 2 and all(d.boxes.shape[1] == 7 for d in detections)
 
 
 def test_sparse_unet_detector_reads_voxel_levels_in_the_scene_frame():
     from pc3d.encoders import SparseUNet
     from pc3d.eval.detect import build_detector
-    from pc3d.eval.detection_head import voxel_encoder_level
 
     encoder = SparseUNet(channels=(8, 16, 16, 16, 16), dec_channels=(16, 16, 16, 8), blocks=(1,) * 5,
                          dec_blocks=(1,) * 4, voxel_size=0.1, stem_kernel=3, window_size=32, head_dim=8)
     rooms = [generate_room(0, seed=5), generate_room(1, seed=5)]
-    batch = _batch(rooms)
-    level = voxel_encoder_level(encoder, batch["points"], 0.1, level=2)
+    batch = _batch(rooms, spec=encoder.spec)  # voxelised with grey colour and PCA normals, in the data loader
+    level = encoder(batch["input"]).levels[2]
     assert level.stride == pytest.approx(0.4) and level.features.shape[-1] == 16
     for b in range(2):  # voxel centres sit inside the scene's bounds, within half a stride
-        centres = level.coords[b][level.mask[b]]
+        centres = level.coords[b][level.valid[b]]
         low, high = batch["points"][b].amin(0), batch["points"][b].amax(0)
         assert (centres >= low - 0.2).all() and (centres <= high + 0.2).all()
     data = type("Data", (), {"class_names": ROOM_CLASSES, "oriented": True})()
@@ -122,5 +126,5 @@ def test_sparse_unet_detector_reads_voxel_levels_in_the_scene_frame():
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     assert detector.encoder.stem[0].weight.grad.abs().sum() > 0
-    detections = detector.eval().detect(batch["points"])
+    detections = detector.eval().detect(batch["input"])
     assert len(detections) == 2

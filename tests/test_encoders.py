@@ -49,7 +49,7 @@ def test_point_vit_output_interface_and_levels():
     assert isinstance(out, EncoderOutput)
     assert len(out.levels) == 2
     for level in out.levels:
-        assert level.features.shape == (3, 8, 48) and level.coords.shape == (3, 8, 3) and level.mask is None
+        assert level.features.shape == (3, 8, 48) and level.coords.shape == (3, 8, 3) and level.valid is None
     torch.testing.assert_close(out.global_feature, max_mean_pool(out.levels[-1].features))
     assert out.global_feature.shape == (3, 96)
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from pc3d.cli import compose, run_pretrain
+from pc3d.cli import compose
+from pc3d.train.pretrain import run_pretrain
 from pc3d.data.object_data import synthetic_shapes_data
 from pc3d.data.object_dataset import ObjectDataset
 from pc3d.errors import CheckpointError
@@ -44,7 +45,7 @@ def test_gradients_reach_encoder_head_and_class_token():
     assert init == "random" and config["cls_token"] is True
     model = build_classifier(encoder, 4, HEAD).train()
     points = torch.randn(6, 128, 3, generator=torch.Generator().manual_seed(0))
-    model({"points": points, "label": torch.tensor([0, 1, 2, 3, 0, 1])})["loss"].backward()
+    model({"points": points, "input": points, "label": torch.tensor([0, 1, 2, 3, 0, 1])})["loss"].backward()
     without = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert without == []
     assert {f"encoder.{k}" for k in CLASS_TOKEN_KEYS} <= {name for name, _ in model.named_parameters()}

@@ -97,19 +97,19 @@ def test_levels_strides_coords_and_masks(crops):
     for i, level in enumerate(out.levels):
         stride = VOXEL * 2 ** i
         assert level.stride == pytest.approx(stride)
-        assert level.mask is not None and level.mask.shape == level.features.shape[:2]
+        assert level.valid is not None and level.valid.shape == level.features.shape[:2]
         feats, centres, batch = level.flatten()
         assert torch.all(torch.isfinite(feats)) and float(feats.abs().max()) > 0
-        assert torch.all(level.features[~level.mask] == 0) and torch.all(level.coords[~level.mask] == 0)
+        assert torch.all(level.features[~level.valid] == 0) and torch.all(level.coords[~level.valid] == 0)
         # coords are (index + 0.5) * stride of exactly the parents of the input voxels, in key order per sample
         index = torch.floor(centres / stride).to(torch.int64)
         assert torch.allclose(centres, (index.to(centres.dtype) + 0.5) * stride, atol=1e-6)
         for b in range(2):
             expected = torch.unique(voxels.coords[voxels.coords[:, 0] == b, 1:].to(torch.int64) >> i, dim=0)
             got = index[batch == b]
-            assert int(level.mask[b].sum()) == len(expected)
+            assert int(level.valid[b].sum()) == len(expected)
             assert torch.equal(got, expected), f"level {i} sample {b}"
-            assert torch.all(level.mask[b, :len(expected)])  # padding only at the end
+            assert torch.all(level.valid[b, :len(expected)])  # padding only at the end
         # every finer voxel's parent exists in this level
         if previous is not None:
             fine_index, fine_batch = previous
@@ -118,7 +118,7 @@ def test_levels_strides_coords_and_masks(crops):
             assert parents == here
         previous = (index, batch)
     pooled = out.levels[-1]
-    mask = pooled.mask[..., None]
+    mask = pooled.valid[..., None]
     expected_max = pooled.features.masked_fill(~mask, float("-inf")).amax(1)
     assert torch.allclose(out.global_feature[:, :16], expected_max)
 
@@ -128,7 +128,7 @@ def test_to_feature_level_pads_in_key_order():
     features = torch.arange(4, dtype=torch.float32)[:, None]
     level = to_feature_level(SparseVoxels(features, coords, 3), 0.5)
     assert level.features[..., 0].tolist() == [[3.0, 1.0], [2.0, 0.0], [0.0, 0.0]]
-    assert level.mask.tolist() == [[True, True], [True, True], [False, False]]
+    assert level.valid.tolist() == [[True, True], [True, True], [False, False]]
     assert level.coords[0, 0].tolist() == [0.25, 1.75, 0.25] and level.coords[1, 1].tolist() == [0.25, 0.25, 0.75]
 
 
@@ -138,7 +138,7 @@ def test_gradients_reach_every_parameter(crops):
     token = torch.nn.Parameter(torch.randn(8))
     mask = torch.rand(len(voxels), generator=torch.Generator().manual_seed(0)) < 0.3
     out = model(voxels, mask=mask, mask_token=token)
-    loss = sum(level.features[level.mask].square().mean() for level in out.levels) + out.global_feature.sum()
+    loss = sum(level.features[level.valid].square().mean() for level in out.levels) + out.global_feature.sum()
     loss.backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0]
     assert not missing, f"no gradient: {missing}"
@@ -160,7 +160,7 @@ def test_torch_and_spconv_backends_agree(crops):
         expected = reference(voxels)
         actual = other(make_batch(crops))
     for i, (a, e) in enumerate(zip(actual.levels, expected.levels)):
-        assert torch.equal(a.mask, e.mask) and torch.equal(a.coords, e.coords)
+        assert torch.equal(a.valid, e.valid) and torch.equal(a.coords, e.coords)
         scale = max(float(e.features.abs().max()), 1.0)
         error = float((a.features - e.features).abs().max())
         # float32 rounding through ~20 layers: measured <= 2.9e-7 of the scale (1 or 2 threads); 1e-4 leaves 300x
@@ -172,7 +172,7 @@ def test_torch_and_spconv_backends_agree(crops):
 
 
 def _level_rows(level, b):
-    return level.features[b, level.mask[b]]
+    return level.features[b, level.valid[b]]
 
 
 def test_mask_token_changes_masked_voxels_only_in_their_sample(crops):

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from pc3d.data.base import SampleDataset
 from pc3d.data.detection_scenes import (SCANNET_CLASSES, SUNRGBD_CLASSES, DetectionScene, read_scannet_scene,
                                         read_sunrgbd_frame)
 from pc3d.data.synthetic_rooms import ROOM_CLASSES, generate_room
@@ -50,7 +50,7 @@ class DetectionData:
                                 max_rotation=self.max_rotation, scale_range=self.scale_range)
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(SampleDataset):
     """``{"points": (num_points, 3), "gt_boxes": (K_max, 7), "gt_labels": (K_max,)}`` per scene.
 
     Points are a random subset of the scene (with replacement only when it has fewer); with

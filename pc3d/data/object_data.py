@@ -92,7 +92,7 @@ def modelnet_data(root: str, cache_dir: str | None = None, num_points: int = 102
                   split_seed: int = 0, num_surface_points: int = 8192, pretrain_subset: str = "train",
                   seed: int = 0) -> ObjectData:
     """A ModelNet-style dataset: ``root`` is a prepared cache or a raw tree (prepared on first use)."""
-    from data_prep.modelnet import prepare_modelnet
+    from pc3d.data.modelnet import prepare_modelnet
 
     if root in (None, "", "???"):
         raise ConfigError("data.root is required for data=modelnet10 (a ModelNet tree or a prepared cache)")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from pc3d.data.base import SampleDataset
 from pc3d.data.prepared import VALID_SPLITS, load_object_cache
 from pc3d.data.transforms import random_subsample, scale_and_translate
 from pc3d.errors import ConfigError
@@ -64,7 +64,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.flatnonzero(mask).astype(np.int64), val_idx
 
 
-class ObjectDataset(Dataset):
+class ObjectDataset(SampleDataset):
     """Shapes with labels; items are ``{"points": (num_points, 3) float32, "label": () int64}``.
 
     Args:

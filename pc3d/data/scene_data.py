@@ -58,8 +58,9 @@ class SceneData:
             self._scenes[split] = load_scenes(self.root, split)
         return self._scenes[split]
 
-    def view_dataset(self, voxel_size: float, augment: bool = True) -> SceneViewDataset:
-        """MSM's paired views of every scan of ``pretrain_splits``."""
+    def view_dataset(self, voxel_size: float, input_features: Sequence[str] = ("color", "normal"),
+                     augment: bool = True) -> SceneViewDataset:
+        """MSM's paired views of every scan of ``pretrain_splits``, voxels holding ``input_features``."""
         names, scans = set(), []
         for split in self.pretrain_splits:
             for scene in self.scenes(split):
@@ -67,7 +68,7 @@ class SceneData:
                     names.add(scene.name)
                     scans.append(scene)
         return SceneViewDataset(scans, voxel_size=voxel_size, crop_points=self.crop_points, repeats=self.repeats,
-                                augment=augment, seed=self.seed, elastic=self.elastic)
+                                augment=augment, seed=self.seed, elastic=self.elastic, input_features=input_features)
 
     def detection(self) -> DetectionData:
         """The same folder as a ScanNet detection dataset (18 classes, axis-aligned boxes)."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pc3d.encoders.base import EncoderOutput, FeatureLevel, max_mean_pool
+from pc3d.encoders.base import Encoder, EncoderOutput, EncoderSpec, FeatureLevel, max_mean_pool
 from pc3d.encoders.layers import PositionalBlocks, init_vit_weights, positional_mlp
 from pc3d.ops import farthest_point_sample, gather_points, knn
 
@@ -70,8 +70,11 @@ class PatchEmbed(nn.Module):
         return x.amax(dim=1).reshape(batch, groups, -1)
 
 
-class PointViT(nn.Module):
+class PointViT(Encoder):
     """Point-patch ViT encoder (Point-MAE's encoder, usable alone).
+
+    Takes ``points (B, N, 3)``; returns one level of ``num_groups`` tokens at the patch centres
+    (plus the ``feature_layers``), ``global_feature`` = [max ‖ mean] of the final tokens.
 
     Args:
         embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_path_rate: ViT size
@@ -92,11 +95,6 @@ class PointViT(nn.Module):
                  num_groups: int = 64, group_size: int = 32,
                  feature_layers: Sequence[int] = (), cls_token: bool = False) -> None:
         super().__init__()
-        # The constructor arguments: what pc3d.hub.save_encoder stores to rebuild this encoder.
-        self.init_config = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
-                            "qkv_bias": qkv_bias, "drop_path_rate": drop_path_rate, "num_groups": num_groups,
-                            "group_size": group_size, "feature_layers": [int(i) for i in feature_layers],
-                            "cls_token": cls_token}
         self.embed_dim = embed_dim
         self.num_groups = num_groups
         self.group_size = group_size
@@ -113,6 +111,18 @@ class PointViT(nn.Module):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
             nn.init.trunc_normal_(self.cls_pos, std=0.02)
         self.apply(init_vit_weights)
+
+    resolution_args = ("num_groups", "group_size")
+    no_weight_decay_names = ("cls_token", "cls_pos")
+    supports_cls_token = True
+
+    @property
+    def spec(self) -> EncoderSpec:
+        depth = len(self.blocks.blocks)
+        levels = len({i % depth for i in self.feature_layers} if depth else set()) + 1
+        return EncoderSpec(input="points", level_channels=(self.embed_dim,) * levels, level_strides=(0.0,) * levels,
+                           global_channels=2 * self.embed_dim,
+                           cls_channels=self.embed_dim if self.cls_token is not None else 0)
 
     def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """``points (B, N, 3)`` → neighborhoods ``(B, G, K, 3)``, centres ``(B, G, 3)``."""

@@ -17,9 +17,14 @@ normal features (6 channels). Layout (defaults = MSM's reference settings, see
 ``forward`` returns the shared :class:`~pc3d.encoders.base.EncoderOutput` with
 ``levels`` = decoder outputs at strides 1, 2, 4, 8 and the bottleneck at 16 (finest first;
 64 + 96 + 128 + 256 + 384 = 928 channels with the defaults, MSM's probe width). Each
-level's voxels are padded per sample (``mask``) in ``(batch, x, y, z)`` order, so the
+level's voxels are padded per sample (``valid``) in ``(batch, x, y, z)`` order, so the
 flattened order does not depend on the conv backend. ``coords`` are voxel centres in the
-grid frame, ``(index + 0.5) · stride`` in metres from the grid origin.
+input frame, ``origin + (index + 0.5) · stride`` (``origin``: the input voxels' per-sample
+origin, zero when they carry none).
+
+The conv backend (``backend``) is a run-time choice, not architecture: it is not stored with
+the encoder, can be changed on a built encoder (``encoder.backend = "torch"``), and is resolved
+once per forward.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from pc3d.encoders.base import EncoderOutput, FeatureLevel, max_mean_pool
+from pc3d.encoders.base import INPUT_FEATURES, Encoder, EncoderOutput, EncoderSpec, FeatureLevel, max_mean_pool
 from pc3d.encoders.layers import Attention, DropPath, Mlp
 from pc3d.ops.serialization import serialization_order
+from pc3d.ops.backends import resolve_backend
 from pc3d.ops.sparse_conv import SparseConv3d, SparseVoxels, voxel_keys
 
 
@@ -116,7 +122,7 @@ class SerializedAttentionBlock(nn.Module):
 
 
 def to_feature_level(x: SparseVoxels, stride: float) -> FeatureLevel:
-    """Pad ``x`` per sample, voxels in key order → ``FeatureLevel`` (centres at ``(index + 0.5)·stride``)."""
+    """Pad ``x`` per sample, voxels in key order → ``FeatureLevel`` (centres at ``origin + (index + 0.5)·stride``)."""
     order = torch.argsort(voxel_keys(x.coords))
     coords, features = x.coords[order], x.features[order]
     batch = coords[:, 0].to(torch.int64)
@@ -125,14 +131,16 @@ def to_feature_level(x: SparseVoxels, stride: float) -> FeatureLevel:
     width = int(counts.max()) if len(coords) else 0
     padded = features.new_zeros(x.batch_size, width, features.shape[1])
     padded[batch, position] = features
-    centres = features.new_zeros(x.batch_size, width, 3)
-    centres[batch, position] = (coords[:, 1:].to(features.dtype) + 0.5) * stride
-    mask = torch.zeros(x.batch_size, width, dtype=torch.bool, device=coords.device)
-    mask[batch, position] = True
-    return FeatureLevel(padded, centres, mask, stride)
+    centers = features.new_zeros(x.batch_size, width, 3)
+    centers[batch, position] = (coords[:, 1:].to(features.dtype) + 0.5) * stride
+    if x.origin is not None:
+        centers[batch, position] += x.origin.to(centers)[batch]
+    valid = torch.zeros(x.batch_size, width, dtype=torch.bool, device=coords.device)
+    valid[batch, position] = True
+    return FeatureLevel(padded, centers, valid, stride, origin=x.origin)
 
 
-class SparseUNet(nn.Module):
+class SparseUNet(Encoder):
     """Hierarchical sparse-conv UNet (see the module docstring).
 
     Args:
@@ -148,7 +156,9 @@ class SparseUNet(nn.Module):
         window_size: voxels per attention window.
         head_dim: channels per attention head.
         drop_path_rate: stochastic depth of the attention blocks (linear over them).
-        backend: sparse-conv backend, ``"auto"`` | ``"torch"`` | ``"spconv"``.
+        backend: sparse-conv backend, ``"auto"`` | ``"torch"`` | ``"spconv"`` (run time, not stored).
+        input_features: what the 6 (or ``in_channels``) input channels hold (see
+            :data:`pc3d.encoders.base.INPUT_FEATURES`); MSM: colour in [-1, 1] and normal.
 
     Shapes:
         ``forward(SparseVoxels(features (M, in_channels), coords (M, 4)))`` → ``EncoderOutput``.
@@ -158,7 +168,8 @@ class SparseUNet(nn.Module):
                  blocks: Sequence[int] = (2, 2, 2, 2, 2), dec_channels: Sequence[int] = (256, 128, 96, 64),
                  dec_blocks: Sequence[int] = (2, 2, 2, 2), voxel_size: float = 0.02, stem_kernel: int = 5,
                  attention_stages: Sequence[int] = (3, 4), attention_depth: int = 1, window_size: int = 1024,
-                 head_dim: int = 32, drop_path_rate: float = 0.0, backend: str = "auto") -> None:
+                 head_dim: int = 32, drop_path_rate: float = 0.0, backend: str = "auto",
+                 input_features: Sequence[str] = ("color", "normal")) -> None:
         super().__init__()
         channels, blocks, dec_channels, dec_blocks = list(channels), list(blocks), list(dec_channels), list(dec_blocks)
         if len(blocks) != len(channels) or len(dec_channels) != len(channels) - 1 or len(dec_blocks) != len(dec_channels):
@@ -169,11 +180,7 @@ class SparseUNet(nn.Module):
             raise ValueError(f"attention_stages={list(attention_stages)}: stages are 0..{len(channels) - 1}")
         if voxel_size <= 0:
             raise ValueError(f"voxel_size: expected > 0, got {voxel_size}")
-        self.init_config = {"in_channels": in_channels, "channels": channels, "blocks": blocks,
-                            "dec_channels": dec_channels, "dec_blocks": dec_blocks, "voxel_size": voxel_size,
-                            "stem_kernel": stem_kernel, "attention_stages": list(attention_stages),
-                            "attention_depth": attention_depth, "window_size": window_size, "head_dim": head_dim,
-                            "drop_path_rate": drop_path_rate, "backend": backend}
+        self.input_features = tuple(input_features)
         self.voxel_size = voxel_size
         self.in_channels = in_channels
         self.stem = nn.Sequential(SparseConv3d(in_channels, channels[0], stem_kernel, "submanifold", "stem", backend),
@@ -212,6 +219,32 @@ class SparseUNet(nn.Module):
             previous = width
         self.level_channels = [*reversed(dec_channels), channels[-1]]
         self.out_channels = sum(self.level_channels)
+        self.backend = backend
+        if any(f not in INPUT_FEATURES for f in self.input_features) or \
+                sum(INPUT_FEATURES[f] for f in self.input_features) != in_channels:
+            raise ValueError(f"input_features={list(self.input_features)}: expected names of "
+                             f"{sorted(INPUT_FEATURES)} making in_channels={in_channels} channels")
+
+    runtime_args = ("backend",)
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        """Choose the conv backend of every layer (``auto`` | ``torch`` | ``spconv``)."""
+        self._backend = name
+        for module in self.modules():
+            if isinstance(module, SparseConv3d):
+                module.backend = name
+
+    @property
+    def spec(self) -> EncoderSpec:
+        strides = tuple(self.voxel_size * 2 ** i for i in range(len(self.level_channels)))
+        return EncoderSpec(input="voxels", level_channels=tuple(self.level_channels), level_strides=strides,
+                           global_channels=2 * self.level_channels[-1], input_features=self.input_features,
+                           voxel_size=self.voxel_size)
 
     def forward(self, voxels: SparseVoxels, mask: Tensor | None = None, mask_token: Tensor | None = None
                 ) -> EncoderOutput:
@@ -226,7 +259,7 @@ class SparseUNet(nn.Module):
             if mask_token is None:
                 raise ValueError("SparseUNet: a mask needs a mask_token")
             voxels = voxels.replace(voxels.features.masked_fill(mask[:, None], 0.0))
-        x = self.stem(voxels)
+        x = self.stem(voxels.with_backend(resolve_backend(self.backend, "sparse_conv", voxels.features)))
         if mask is not None:
             x = x.replace(torch.where(mask[:, None], mask_token.to(x.features).expand_as(x.features), x.features))
         skips = []
@@ -243,4 +276,4 @@ class SparseUNet(nn.Module):
             levels.append(to_feature_level(x, self.voxel_size * 2 ** (len(skips) - 2 - j)))
         levels.reverse()
         bottleneck = levels[-1]
-        return EncoderOutput(levels=levels, global_feature=max_mean_pool(bottleneck.features, bottleneck.mask))
+        return EncoderOutput(levels=levels, global_feature=max_mean_pool(bottleneck.features, bottleneck.valid))

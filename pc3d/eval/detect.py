@@ -1,10 +1,12 @@
 """``pc3d detect train|eval``: fit the detection head (with its encoder) and score it with mAP@0.25/0.5.
 
 ``train`` builds the encoder (``checkpoint=random`` from ``encoder``; otherwise any file
-:func:`pc3d.hub.load_encoder` reads, strict, with ``detect.num_groups`` / ``detect.group_size``
-setting how many patch tokens a scene gets), puts a :class:`~pc3d.eval.detection_head.CenterDetectionHead`
-on its last level (oriented heading bins when the data's boxes are oriented), trains both with
-the one Trainer into ``out_dir`` and evaluates the final model on the val scenes. ``eval``
+:func:`pc3d.hub.load_encoder` reads, strict; ``detect.num_groups`` / ``detect.group_size`` set
+how many patch tokens a scene gets for encoders that declare those as ``resolution_args``), puts
+a :class:`~pc3d.eval.detection_head.CenterDetectionHead` on its level ``detect.level`` (oriented
+heading bins when the data's boxes are oriented), trains both with the one Trainer into
+``out_dir`` and evaluates the final model on the val scenes. Scenes reach the encoder through the
+one input adapter (:mod:`pc3d.encoders.inputs`: voxelisation and normals in the data loader). ``eval``
 rebuilds the detector from a ``detect train`` run directory (its newest checkpoint) and only
 evaluates. Both write ``metrics.json`` and a bird's-eye PNG per scene for the first
 ``detect.bev_scenes`` val scenes (points grey, ground truth green, detections above
@@ -27,39 +29,46 @@ import torch
 
 from pc3d.data.detection_data import DetectionData
 from pc3d.data.detection_scenes import DetectionScene
+from pc3d.data.scene_data import SceneData
+from pc3d.encoders.base import Encoder
+from pc3d.encoders.inputs import EncoderInputDataset
 from pc3d.errors import CheckpointError, ConfigError
 from pc3d.eval.detection import SceneBoxes, SceneDetections, evaluate_detections
 from pc3d.eval.detection_head import CenterDetectionHead, Detector
 from pc3d.ops.boxes import box_corners, box_iou_3d, box_iou_3d_aligned
 from pc3d.utils.atomic import atomic_write
 from pc3d.utils.config import to_plain
+from pc3d.utils.device import move_to
 
 
-def build_detector(encoder: torch.nn.Module, data: DetectionData, detect: dict[str, Any]) -> Detector:
+def build_detector(encoder: Encoder, data: DetectionData, detect: dict[str, Any]) -> Detector:
+    """The detection head on level ``detect["level"]`` of ``encoder``, sized from its spec."""
     level = int(detect.get("level", -1))
-    width = getattr(encoder, "embed_dim", None)
-    if hasattr(encoder, "level_channels"):  # a multi-resolution encoder (sparse UNet): the chosen level's width
-        if not -len(encoder.level_channels) <= level < len(encoder.level_channels):
-            raise ConfigError(f"detect.level={level}: the encoder has {len(encoder.level_channels)} levels")
-        width = encoder.level_channels[level]
-    if width is None:
-        raise ConfigError(f"{type(encoder).__name__} has no embed_dim: cannot size the detection head")
-    head = CenterDetectionHead(int(width), len(data.class_names),
+    channels = encoder.spec.level_channels
+    if not -len(channels) <= level < len(channels):
+        raise ConfigError(f"detect.level={level}: the encoder has {len(channels)} levels")
+    head = CenterDetectionHead(int(channels[level]), len(data.class_names),
                                num_heading_bins=int(detect["num_heading_bins"]) if data.oriented else 0,
                                hidden_dim=int(detect["hidden_dim"]), focal_gamma=float(detect["focal_gamma"]),
                                focal_alpha=float(detect["focal_alpha"]))
     return Detector(encoder, head, level)
 
 
+def detection_dataset(detector: Detector, data: DetectionData, split: str, augment: bool,
+                      seed: int) -> EncoderInputDataset:
+    """The scenes of ``split`` as training / evaluation samples of ``detector``'s encoder."""
+    return EncoderInputDataset(data.dataset(split, augment=augment, seed=seed), detector.encoder.spec)
+
+
 def detect_scenes(detector: Detector, data: DetectionData, detect: dict[str, Any], seed: int,
                   device: torch.device) -> list[SceneDetections]:
     """Detections for every val scene (unaugmented, ``data.num_points`` points each, seeded)."""
-    dataset = data.dataset("val", augment=False, seed=seed)
+    dataset = detection_dataset(detector, data, "val", augment=False, seed=seed)
     detector = detector.to(device).eval()
     out = []
     for index in range(len(dataset)):
-        points = dataset[index]["points"][None].to(device)
-        scene = detector.detect(points, score_threshold=float(detect["score_threshold"]),
+        inputs = move_to(dataset.collate([dataset[index]])["input"], device)
+        scene = detector.detect(inputs, score_threshold=float(detect["score_threshold"]),
                                 nms_iou=float(detect["nms_iou"]), max_boxes=int(detect["max_boxes"]))[0]
         out.append(SceneDetections(scene.boxes.cpu(), scene.scores.cpu(), scene.labels.cpu()))
     return out
@@ -100,32 +109,40 @@ def write_bev_png(path: Path, scene: DetectionScene, detections: SceneDetections
 
 
 def _report_bev(out: Path, data: DetectionData, detections: list[SceneDetections], detect: dict[str, Any]) -> None:
-    from pc3d.cli import _is_main_process
+    from pc3d.train.run import is_main_process
 
-    if not _is_main_process():
+    if not is_main_process():
         return
     for scene, found in list(zip(data.val, detections))[: int(detect["bev_scenes"])]:
         write_bev_png(out / f"bev_{scene.name}.png", scene, found, float(detect["bev_score"]))
 
 
+def token_overrides(config: dict[str, Any], detect: dict[str, Any]) -> dict[str, Any]:
+    """``detect.num_groups`` / ``detect.group_size`` for encoders that declare them as ``resolution_args``."""
+    from pc3d.hub.weights import encoder_class
+
+    cls = encoder_class(config)
+    declared = cls.resolution_args if cls is not None and issubclass(cls, Encoder) else ()
+    return {key: int(detect[key]) for key in ("num_groups", "group_size") if key in declared}
+
+
 def run_detect(mode: str, cfg) -> dict[str, Any]:
     """``mode``: ``train`` or ``eval`` (see module docstring); returns the flat metrics."""
-    from pc3d.cli import finish_run, report, start_run
-    from pc3d.hub import build_encoder, encoder_config_from_checkpoint, load_encoder
-    from pc3d.train import Trainer, TrainerConfig, resolve_device
+    from pc3d.hub import build_encoder, encoder_config_from_checkpoint
+    from pc3d.train import Trainer
     from pc3d.train.checkpoint import latest_checkpoint
+    from pc3d.train.run import downstream_encoder, finish_run, report, resolve_device, start_run, trainer_config
     from pc3d.utils.config import call_target, seed_everything
 
     started = time.perf_counter()
     detect = to_plain(cfg.detect)
     device = resolve_device(cfg.device)
     data = call_target(cfg.data, "data")
-    if hasattr(data, "detection"):  # a scene folder that also has boxes (data=scannet)
+    if isinstance(data, SceneData):  # a scene folder that also has boxes (data=scannet)
         data = data.detection()
     if not isinstance(data, DetectionData):
         raise ConfigError(f"data: pc3d detect needs a detection dataset (synthetic_rooms, scannet, sunrgbd), "
                           f"got {type(data).__name__}")
-    tokens = {"num_groups": int(detect["num_groups"]), "group_size": int(detect["group_size"])}
     seed_everything(cfg.seed)
     if mode == "eval":
         found = latest_checkpoint(cfg.checkpoint) if Path(str(cfg.checkpoint)).is_dir() else None
@@ -138,7 +155,9 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
             raise CheckpointError(f"{found[0]}: not a `pc3d detect train` checkpoint (no detect/encoder config)")
         detect = {**stored["detect"], **{k: detect[k] for k in ("score_threshold", "nms_iou", "max_boxes",
                                                                  "bev_scenes", "bev_score")}}
-        detector = build_detector(build_encoder(stored["encoder"]), data, detect)
+        from pc3d.hub.weights import architecture_config
+
+        detector = build_detector(build_encoder(architecture_config(stored["encoder"])), data, detect)
         try:
             detector.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -148,24 +167,14 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
         out = start_run(cfg)
     else:
         # patch tokens per scene are a detect setting for point-token encoders; voxel encoders keep theirs
-        if str(cfg.checkpoint) == "random":
-            encoder_config = to_plain(cfg.encoder)
-            if "num_groups" in encoder_config:
-                encoder_config.update(tokens)
-            encoder, init = build_encoder(encoder_config), "random"
-        else:
-            stored = encoder_config_from_checkpoint(cfg.checkpoint)
-            encoder, encoder_config = load_encoder(cfg.checkpoint,
-                                                   config_overrides=tokens if "num_groups" in stored else None)
-            init = "pretrained"
+        source = (to_plain(cfg.encoder) if str(cfg.checkpoint) == "random"
+                  else encoder_config_from_checkpoint(cfg.checkpoint))
+        encoder, encoder_config, init = downstream_encoder(cfg, token_overrides(source, detect))
         detector = build_detector(encoder, data, detect)
         run_config = {**to_plain(cfg), "encoder": encoder_config, "init": init}
-        trainer_cfg = TrainerConfig(**to_plain(cfg.trainer), seed=cfg.seed, device=cfg.device, resume=str(cfg.resume))
-        trainer = Trainer(detector, data.dataset("train", augment=bool(cfg.augment), seed=cfg.seed), trainer_cfg,
-                          cfg.out_dir, run_config=run_config)
-        from omegaconf import OmegaConf
-
-        out = start_run(OmegaConf.create(run_config))
+        trainer = Trainer(detector, detection_dataset(detector, data, "train", bool(cfg.augment), int(cfg.seed)),
+                          trainer_config(cfg), cfg.out_dir, run_config=run_config)
+        out = start_run(run_config)
         fit = trainer.fit()
     detections = detect_scenes(detector, data, detect, cfg.seed, device)
     metrics: dict[str, Any] = {"init": init, **score(data, detections), "val_scenes": len(data.val),

@@ -1,7 +1,7 @@
 """Anchor-free, centre-based 3D detection head on any pc3d encoder (one feature level).
 
 Per token of a :class:`~pc3d.encoders.base.FeatureLevel` (a point patch, a voxel or a grid cell,
-at ``coords``) the head predicts: objectness (1), class scores (C), the offset to its object's
+at ``coords`` in the scene frame) the head predicts: objectness (1), class scores (C), the offset to its object's
 centre (3), the log of the object's sizes (3), and — for oriented boxes — the heading as one of
 ``num_heading_bins`` bins plus a residual within the bin (``num_heading_bins = 0``: axis-aligned,
 yaw 0). Tokens inside a ground-truth box are its positives (the smallest box when several hold
@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pc3d.encoders.base import FeatureLevel
+from pc3d.encoders.base import Encoder, FeatureLevel
 from pc3d.eval.detection import SceneDetections
 from pc3d.ops.boxes import nms_3d, points_in_boxes
+from pc3d.train.model import TrainableModel
 
 
 @dataclass
@@ -63,8 +65,8 @@ def assign_targets(level: FeatureLevel, gt_boxes: Tensor, gt_labels: Tensor, num
     if gt_boxes.shape[1] == 0:  # no boxes in the whole batch: one padding slot keeps the gathers valid
         gt_boxes = gt_boxes.new_zeros(batch, 1, 7)
         gt_labels = gt_labels.new_full((batch, 1), -1)
-    valid = level.mask if level.mask is not None else torch.ones(batch, tokens, dtype=torch.bool,
-                                                                 device=coords.device)
+    valid = level.valid if level.valid is not None else torch.ones(batch, tokens, dtype=torch.bool,
+                                                                   device=coords.device)
     box_index = torch.full((batch, tokens), -1, dtype=torch.long, device=coords.device)
     for b in range(batch):
         real = gt_labels[b] >= 0
@@ -186,7 +188,7 @@ class CenterDetectionHead(nn.Module):
         else:
             yaw = torch.zeros_like(scores)
         boxes = torch.cat([centres, sizes, yaw[..., None]], dim=-1)
-        valid = level.mask if level.mask is not None else torch.ones_like(scores, dtype=torch.bool)
+        valid = level.valid if level.valid is not None else torch.ones_like(scores, dtype=torch.bool)
         scenes = []
         for b in range(scores.shape[0]):
             keep = valid[b] & (scores[b] > score_threshold)
@@ -198,53 +200,26 @@ class CenterDetectionHead(nn.Module):
         return scenes
 
 
-class Detector(nn.Module):
+class Detector(TrainableModel):
     """Encoder + :class:`CenterDetectionHead` on one of its levels; ``forward(batch)`` returns the losses.
 
-    ``batch``: ``points (B, N, 3)``, ``gt_boxes (B, K, 7)``, ``gt_labels (B, K)`` (-1 pads scenes
-    with fewer boxes). The trainer fits it like any method.
+    ``batch``: ``input`` (the encoder's input, :class:`~pc3d.encoders.inputs.EncoderInputDataset`),
+    ``gt_boxes (B, K, 7)``, ``gt_labels (B, K)`` (-1 pads scenes with fewer boxes). Every encoder
+    returns its levels in the scene frame, so the head needs nothing else. The trainer fits it like
+    any method.
     """
 
-    def __init__(self, encoder: nn.Module, head: CenterDetectionHead, level: int = -1) -> None:
+    def __init__(self, encoder: Encoder, head: CenterDetectionHead, level: int = -1) -> None:
         super().__init__()
         self.encoder, self.head, self.level = encoder, head, level
 
-    def features(self, points: Tensor) -> FeatureLevel:
-        voxel_size = getattr(self.encoder, "voxel_size", None)
-        if voxel_size is None:  # point tokens: the encoder takes the points
-            return self.encoder(points).levels[self.level]
-        return voxel_encoder_level(self.encoder, points, float(voxel_size), self.level)
-
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        level = self.features(batch["points"])
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        level = self.encoder(batch["input"]).levels[self.level]
         targets = assign_targets(level, batch["gt_boxes"], batch["gt_labels"], self.head.num_heading_bins)
         return self.head.loss(self.head(level), targets)
 
     @torch.no_grad()
-    def detect(self, points: Tensor, **decode_kwargs) -> list[SceneDetections]:
-        """``points (B, N, 3)`` → detections per scene (eval mode is the caller's choice)."""
-        level = self.features(points)
+    def detect(self, inputs: Any, **decode_kwargs) -> list[SceneDetections]:
+        """The encoder's input of a batch of scenes → detections per scene (eval mode is the caller's choice)."""
+        level = self.encoder(inputs).levels[self.level]
         return self.head.decode(self.head(level), level, **decode_kwargs)
-
-
-def voxel_encoder_level(encoder: nn.Module, points: Tensor, voxel_size: float, level: int) -> FeatureLevel:
-    """One level of a voxel encoder (the sparse UNet) for point-only detection scenes.
-
-    Detection scenes carry xyz only, so the input is geometric: a neutral grey colour and PCA
-    normals (:func:`pc3d.ops.normals.estimate_normals`) per voxel. Each scene is voxelised from
-    its own minimum corner; the level's coords are moved back into the scene frame.
-
-    Args:
-        points: ``(B, N, 3)``.
-    """
-    from pc3d.data.scene_dataset import collate_voxels, point_features, voxelize_scan
-    from pc3d.ops.normals import estimate_normals
-
-    samples, origins = [], []
-    for cloud in points.detach().float().cpu():
-        normals = estimate_normals(cloud.numpy())
-        samples.append(voxelize_scan(cloud, point_features(torch.full_like(cloud, 127.5), normals), voxel_size))
-        origins.append(cloud.amin(dim=0))
-    out = encoder(collate_voxels(samples).to(points.device)).levels[level]
-    shift = torch.stack(origins).to(out.coords)[:, None, :]
-    return FeatureLevel(out.features, out.coords + shift, out.mask, out.stride)

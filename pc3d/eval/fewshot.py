@@ -48,7 +48,7 @@ from torch import nn
 from pc3d.data.object_data import ObjectData
 from pc3d.data.object_dataset import ObjectDataset
 from pc3d.errors import ConfigError, DataFormatError
-from pc3d.eval.finetune import build_classifier, check_protocol, initial_encoder, predict_logits
+from pc3d.eval.finetune import build_classifier, check_protocol, classifier_dataset, initial_encoder, predict_logits
 from pc3d.train.checkpoint import checkpoint_dir
 from pc3d.utils.atomic import atomic_write_json
 from pc3d.utils.config import seed_everything, to_plain
@@ -219,7 +219,8 @@ def train_fold(encoder: nn.Module, fold: FewShotFold, data: ObjectData, folder: 
                                 seed=seed, indices=fold.support)
     settings = {**trainer_settings, "batch_size": min(int(trainer_settings["batch_size"]), len(fold.support))}
     trainer_cfg = TrainerConfig(**settings, seed=seed, device=device, resume=resume)
-    fit = Trainer(model, support_set, trainer_cfg, folder, run_config=dict(run_config or {})).fit()
+    fit = Trainer(model, classifier_dataset(model, support_set), trainer_cfg, folder,
+                  run_config=dict(run_config or {})).fit()
     query_set = ObjectDataset(data.cache.points, episode_labels, num_points=data.num_points, augment=False,
                               seed=seed, indices=fold.query)
     logits = predict_logits(model, query_set, batch_size=int(protocol["eval_batch_size"]),
@@ -238,10 +239,7 @@ def run_fewshot(cfg) -> dict[str, Any]:
     Every fold is drawn (and so every setting and class count validated) before anything is
     written; ``config.yaml`` and ``metrics.json`` go to ``out_dir``.
     """
-    from omegaconf import OmegaConf
-
-    from pc3d.cli import finish_run, report, start_run
-    from pc3d.train import resolve_device
+    from pc3d.train.run import finish_run, report, resolve_device, start_run
     from pc3d.utils.config import call_target
 
     started = time.perf_counter()
@@ -265,7 +263,7 @@ def run_fewshot(cfg) -> dict[str, Any]:
     encoder, encoder_config, init = initial_encoder(cfg.checkpoint, cfg.encoder, cls_token=protocol["cls_token"],
                                                     seed=cfg.seed)
     run_config = {**to_plain(cfg), "encoder": encoder_config}
-    out = start_run(OmegaConf.create(run_config))
+    out = start_run(run_config)
 
     metrics: dict[str, Any] = {"init": init, "query_split": query_split}
     trainer_settings = to_plain(cfg.trainer)

@@ -36,12 +36,15 @@ from torch.utils.data import DataLoader
 
 from pc3d.data.object_data import ObjectData
 from pc3d.data.object_dataset import ObjectDataset
+from pc3d.encoders.base import Encoder
+from pc3d.encoders.inputs import EncoderInputDataset
 from pc3d.errors import ConfigError
 from pc3d.eval.classifier import ObjectClassifier
 from pc3d.eval.object_probe import class_accuracies
-from pc3d.hub.encoders import build_encoder, read_encoder_checkpoint
-from pc3d.hub.weights import load_weights
+from pc3d.hub.encoders import build_encoder, encoder_or_random, read_encoder_checkpoint
+from pc3d.hub.weights import encoder_class, load_weights
 from pc3d.utils.config import seed_everything, to_plain
+from pc3d.utils.device import move_to
 from pc3d.utils.progress import get_logger, progress
 
 log = get_logger(__name__)
@@ -49,17 +52,29 @@ log = get_logger(__name__)
 #: Weights a fine-tuning encoder may lack in a checkpoint: Point-MAE pretrains without a class token.
 CLASS_TOKEN_KEYS = ("cls_token", "cls_pos")
 
-__all__ = ["CLASS_TOKEN_KEYS", "build_classifier", "check_protocol", "classification_metrics", "evaluate_split",
-           "initial_encoder", "load_finetune_encoder", "predict_logits", "run_finetune", "vote_logits"]
+__all__ = ["CLASS_TOKEN_KEYS", "build_classifier", "check_protocol", "class_token_override", "classification_metrics",
+           "classifier_dataset", "evaluate_split", "initial_encoder", "load_finetune_encoder", "predict_logits",
+           "run_finetune", "vote_logits"]
+
+
+def class_token_override(config: Mapping[str, Any], cls_token: bool) -> dict[str, Any]:
+    """``{"cls_token": cls_token}`` for encoders that take a class token (``supports_cls_token``), else
+    nothing: the protocol's class token is Point-MAE's; other encoders classify their pooled feature."""
+    cls = encoder_class(config)
+    if cls is not None and issubclass(cls, Encoder) and cls.supports_cls_token:
+        return {"cls_token": bool(cls_token)}
+    if cls_token:
+        log.info("%s has no class token; the head reads its pooled global feature", config.get("_target_"))
+    return {}
 
 
 def load_finetune_encoder(path: str | Path, *, cls_token: bool,
                           format: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
     """The encoder of a checkpoint (any :func:`~pc3d.hub.load_encoder` format) for fine-tuning.
 
-    Built with ``cls_token`` and loaded strictly, except that exactly :data:`CLASS_TOKEN_KEYS`
-    may be missing: they keep their fresh initialisation, as when Point-MAE fine-tunes a
-    pretrained model that never had a class token.
+    Built with ``cls_token`` (encoders that take one) and loaded strictly, except that exactly
+    :data:`CLASS_TOKEN_KEYS` may be missing: they keep their fresh initialisation, as when
+    Point-MAE fine-tunes a pretrained model that never had a class token.
 
     Returns:
         the encoder (on CPU) and its config node (``cls_token`` included).
@@ -67,7 +82,8 @@ def load_finetune_encoder(path: str | Path, *, cls_token: bool,
         CheckpointError: unreadable file, or any other missing, unexpected or wrongly shaped
             weight (named).
     """
-    checkpoint = read_encoder_checkpoint(path, format, config_overrides={"cls_token": bool(cls_token)})
+    checkpoint = read_encoder_checkpoint(path, format)
+    checkpoint.config.update(class_token_override(checkpoint.config, cls_token))
     encoder = build_encoder(checkpoint.config)
     own = encoder.state_dict()
     # Filling exactly these keys with the encoder's own initial values keeps every other problem a
@@ -85,17 +101,18 @@ def initial_encoder(checkpoint: str, encoder_config: Mapping[str, Any], *, cls_t
                     seed: int) -> tuple[nn.Module, dict[str, Any], str]:
     """The encoder fine-tuning starts from, after seeding every generator with ``seed``.
 
-    ``checkpoint="random"`` builds ``encoder_config`` (with ``cls_token``) from the seeded
-    generator, as the probe's random baseline; anything else goes to :func:`load_finetune_encoder`.
-    The global generators are left seeded, so the head built next is a function of ``seed`` too.
+    ``checkpoint="random"`` builds ``encoder_config`` (with ``cls_token`` where the encoder takes
+    one) from the seeded generator, as the probe's random baseline; anything else goes to
+    :func:`load_finetune_encoder`. The global generators are left seeded, so the head built next
+    is a function of ``seed`` too.
 
     Returns:
         encoder, its config node, and ``"pretrained"`` or ``"random"``.
     """
-    seed_everything(seed)
     if str(checkpoint) == "random":
-        config = {**to_plain(encoder_config), "cls_token": bool(cls_token)}
-        return build_encoder(config), config, "random"
+        config = to_plain(encoder_config)
+        return encoder_or_random("random", config, seed=seed, config_overrides=class_token_override(config, cls_token))
+    seed_everything(seed)
     encoder, config = load_finetune_encoder(checkpoint, cls_token=cls_token)
     return encoder, config, "pretrained"
 
@@ -106,13 +123,19 @@ def build_classifier(encoder: nn.Module, num_classes: int, protocol: Mapping[str
                             dropout=float(protocol["dropout"]), label_smoothing=float(protocol["label_smoothing"]))
 
 
+def classifier_dataset(model: ObjectClassifier, dataset: ObjectDataset) -> EncoderInputDataset:
+    """``dataset``'s shapes as inputs of ``model``'s encoder."""
+    return EncoderInputDataset(dataset, model.encoder.spec)
+
+
 def predict_logits(model: ObjectClassifier, dataset: ObjectDataset, *, batch_size: int,
                    device: torch.device | str) -> np.ndarray:
     """Class scores of every item of ``dataset`` in eval mode: ``(len(dataset), C)`` float32."""
     model = model.to(device).eval()  # outside inference mode: the parameters stay trainable tensors
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    inputs = classifier_dataset(model, dataset)
+    loader = DataLoader(inputs, batch_size=batch_size, shuffle=False, collate_fn=inputs.collate)
     with torch.inference_mode():
-        chunks = [model.logits(batch["points"].to(device)).float().cpu()
+        chunks = [model.logits(move_to(batch["input"], device)).float().cpu()
                   for batch in progress(loader, desc="eval")]
     return torch.cat(chunks).numpy()
 
@@ -184,10 +207,8 @@ def run_finetune(cfg) -> dict[str, Any]:
     ``config.yaml`` (with the encoder node actually built) and ``metrics.json`` are written to
     ``out_dir`` once every input has been validated.
     """
-    from omegaconf import OmegaConf
-
-    from pc3d.cli import finish_run, report, start_run
-    from pc3d.train import Trainer, TrainerConfig, resolve_device
+    from pc3d.train import Trainer
+    from pc3d.train.run import finish_run, report, resolve_device, start_run, trainer_config
     from pc3d.utils.config import call_target
 
     started = time.perf_counter()
@@ -205,9 +226,9 @@ def run_finetune(cfg) -> dict[str, Any]:
                               seed=cfg.seed, indices=data.fit, class_names=data.class_names)
     # Checkpoints carry the encoder actually built, so load_encoder(out_dir) gives the fine-tuned encoder.
     run_config = {**to_plain(cfg), "encoder": encoder_config}
-    trainer_cfg = TrainerConfig(**to_plain(cfg.trainer), seed=cfg.seed, device=cfg.device, resume=str(cfg.resume))
-    trainer = Trainer(model, train_set, trainer_cfg, cfg.out_dir, run_config=run_config)
-    out = start_run(OmegaConf.create(run_config))  # only once every input has been validated
+    trainer = Trainer(model, classifier_dataset(model, train_set), trainer_config(cfg), cfg.out_dir,
+                      run_config=run_config)
+    out = start_run(run_config)  # only once every input has been validated
     fit = trainer.fit()
 
     metrics: dict[str, Any] = {"init": init}

@@ -21,19 +21,21 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
-from torch import nn
 
-from pc3d.encoders.base import max_mean_pool
+from pc3d.encoders.base import Encoder, max_mean_pool
+from pc3d.encoders.inputs import encoder_input
+from pc3d.errors import ConfigError
+from pc3d.utils.device import move_to
 from pc3d.utils.progress import progress
 
 
 @torch.no_grad()
-def extract_global_features(encoder: nn.Module, points: np.ndarray, *, batch_size: int = 64,
+def extract_global_features(encoder: Encoder, points: np.ndarray, *, batch_size: int = 64,
                             device: torch.device | str = "cpu", levels: str = "last") -> np.ndarray:
     """Frozen features of every cloud.
 
     Args:
-        encoder: any pc3d encoder (returns ``EncoderOutput``).
+        encoder: any pc3d encoder; each cloud becomes its declared input (:mod:`pc3d.encoders.inputs`).
         points: ``(S, N, 3)`` clouds.
         levels: ``"last"`` → ``global_feature``; ``"all"`` → [max ‖ mean] of every level.
     Returns:
@@ -42,14 +44,15 @@ def extract_global_features(encoder: nn.Module, points: np.ndarray, *, batch_siz
     if levels not in ("last", "all"):
         raise ValueError(f"levels must be 'last' or 'all', got {levels!r}")
     encoder = encoder.to(device).eval()
+    spec = encoder.spec
     chunks = []
     for start in progress(range(0, len(points), batch_size), desc="features"):
-        batch = torch.as_tensor(points[start:start + batch_size], dtype=torch.float32, device=device)
-        out = encoder(batch)
+        samples = [{"points": torch.as_tensor(cloud, dtype=torch.float32)} for cloud in points[start:start + batch_size]]
+        out = encoder(move_to(encoder_input(spec, samples), device))
         if levels == "last":
             feature = out.global_feature
         else:
-            feature = torch.cat([max_mean_pool(level.features, level.mask) for level in out.levels], dim=-1)
+            feature = torch.cat([max_mean_pool(level.features, level.valid) for level in out.levels], dim=-1)
         chunks.append(feature.float().cpu().numpy())
     return np.concatenate(chunks, axis=0)
 
@@ -116,4 +119,52 @@ def svm_probe(splits: ProbeSplits, class_names: Sequence[str], *, Cs: Sequence[f
         metrics["test_accuracy"] = float((test_pred == splits.test_y).mean())
         metrics["test_mean_class_accuracy"] = float(np.mean(list(per_class.values())))
         metrics.update({f"test_accuracy/{k}": v for k, v in per_class.items()})
+    return metrics
+
+
+def probe_command(cfg) -> dict[str, Any]:
+    """``pc3d probe`` (``probe=object_svm``): SVM on frozen global features, beside a random-init baseline."""
+    import time
+    from pathlib import Path
+
+    from pc3d.train.run import finish_run, probe_encoders, report, resolve_device, start_run
+    from pc3d.utils.config import call_target
+
+    started = time.perf_counter()
+    if cfg.probe.levels not in ("last", "all"):
+        raise ConfigError(f"probe.levels={cfg.probe.levels!r}: expected 'last' or 'all'")
+    if not cfg.probe.Cs or any(float(c) <= 0 for c in cfg.probe.Cs):
+        raise ConfigError(f"probe.Cs={list(cfg.probe.Cs)}: expected a non-empty list of positive values")
+    device = resolve_device(cfg.device)
+    data = call_target(cfg.data, "data")
+    encoders = probe_encoders(cfg)
+    out = start_run(cfg)
+    order = np.concatenate([data.fit, data.val, data.test])
+    bounds = np.cumsum([0, len(data.fit), len(data.val), len(data.test)])
+    labels = data.labels(order)
+    results: dict[str, dict[str, Any]] = {}
+    for name, encoder in encoders.items():
+        features = extract_global_features(encoder, data.points(order), batch_size=cfg.probe.batch_size,
+                                           device=device, levels=cfg.probe.levels)
+        parts = [(features[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        splits = ProbeSplits(*parts[0], *parts[1], *(parts[2] if len(data.test) else (None, None)))
+        results[name] = svm_probe(splits, data.class_names, Cs=list(cfg.probe.Cs),
+                                  standardize=cfg.probe.standardize, seed=cfg.seed)
+    main = results["pretrained"] if "pretrained" in results else results["random"]
+    metrics = dict(main)
+    if "random" in results:
+        metrics.update({f"random_{k}": v for k, v in results["random"].items()})
+    metrics["feature_dim"] = int(features.shape[1])
+    metrics["wall_s"] = time.perf_counter() - started
+    finish_run(out, metrics)
+    source = str(data.cache.manifest.get("source", "data")).split(" ")[0]
+    line = f"probe ({Path(source).name}, {len(data.val)} val shapes): "
+    for split in ("val", "test"):
+        if f"{split}_accuracy" in metrics:
+            line += f"{split} accuracy {'pretrained' if 'pretrained' in results else 'random'} " \
+                    f"{metrics[f'{split}_accuracy']:.4f}"
+            if "pretrained" in results and "random" in results:
+                line += f" | random init {metrics[f'random_{split}_accuracy']:.4f}"
+            line += "; "
+    report(line.rstrip("; ") + f" → {out}")
     return metrics

@@ -1,9 +1,10 @@
 """Scene probe: frozen multi-resolution point features → linear layer or kNN → semantic segmentation.
 
 MSM's protocol: for every original point, sample the feature of every encoder level (the
-UNet's decoder levels and bottleneck, strides ``voxel_size · 2^i``) at the point's position —
-trilinear between the 8 nearest voxel centres of that level, renormalised over the occupied
-ones (``nearest``: the voxel containing the point) — and concatenate. The encoder is frozen;
+UNet's decoder levels and bottleneck, strides ``voxel_size · 2^i``; any encoder whose levels lie
+on a grid — voxels or dense cells) at the point's position — trilinear between the 8 nearest
+cell centres of that level, renormalised over the occupied ones (``nearest``: the cell
+containing the point) — and concatenate. The encoder is frozen;
 a linear layer (softmax cross-entropy, AdamW) or a cosine kNN vote is trained on the points of
 the train scans and scored on every point of the val scans: per-class IoU, mIoU over the
 classes present in the val ground truth, overall and mean-class accuracy. Points labelled -1
@@ -13,55 +14,58 @@ are ignored everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pc3d.data.scene_dataset import scan_voxels
 from pc3d.data.scenes import Scene
-from pc3d.encoders.base import FeatureLevel
+from pc3d.encoders.base import Encoder, FeatureLevel
+from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
 from pc3d.ops.sparse_conv import voxel_keys
+from pc3d.utils.device import move_to
 
 INTERPOLATIONS = ("trilinear", "nearest")
 
 
 def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mode: str = "trilinear") -> Tensor:
-    """Features of one voxel level at arbitrary positions.
+    """Features of one strided level (voxels or dense cells) at arbitrary positions.
 
     Args:
-        level: voxel centres at ``(index + 0.5) · stride`` (``stride > 0``).
-        positions: ``(N, 3)`` in the level's frame; every position's own voxel must exist
-            (true for the points the voxels were made from).
+        level: cells at ``origin + (index + 0.5) · stride`` (``stride > 0``).
+        positions: ``(N, 3)`` in the input frame; every position's own cell must exist
+            (true for the points the cells were made from).
         batch_index: ``(N,)`` sample of each position.
         mode: ``"trilinear"`` | ``"nearest"``.
     Returns:
         ``(N, C)``.
     """
     if level.stride <= 0:
-        raise ConfigError("the scene probe needs a voxel encoder (levels with a stride, e.g. encoder=sparse_unet)")
+        raise ConfigError("the scene probe needs a voxel encoder or a dense-grid encoder (levels on a grid, "
+                          "e.g. encoder=sparse_unet); point-token levels have none")
     if mode not in INTERPOLATIONS:
         raise ConfigError(f"probe.interpolation={mode!r}: expected one of {', '.join(INTERPOLATIONS)}")
-    features, centres, batch = level.flatten()
-    keys = voxel_keys(torch.cat([batch[:, None], torch.floor(centres / level.stride).to(torch.int64)], dim=1))
+    features, centers, batch = level.flatten()
+    keys = voxel_keys(torch.cat([batch[:, None], level.cell_index(centers, batch)], dim=1))
     keys, order = torch.sort(keys)
     features = features[order]
-    batch_index = batch_index.to(torch.int64)[:, None]
+    batch_index = batch_index.to(torch.int64)
 
     def lookup(index: Tensor) -> tuple[Tensor, Tensor]:
-        query = voxel_keys(torch.cat([batch_index, index.clamp_min(0)], dim=1))
+        query = voxel_keys(torch.cat([batch_index[:, None], index.clamp_min(0)], dim=1))
         pos = torch.searchsorted(keys, query).clamp_max(len(keys) - 1)
         return pos, (keys[pos] == query) & (index >= 0).all(dim=1)
 
-    scaled = positions / level.stride
     if mode == "nearest":
-        pos, found = lookup(torch.floor(scaled).to(torch.int64))
+        pos, found = lookup(level.cell_index(positions, batch_index))
         if not bool(found.all()):
-            raise ValueError("sample_level: some positions lie in no voxel of the level")
+            raise ValueError("sample_level: some positions lie in no cell of the level")
         return features[pos]
+    local = positions if level.origin is None else positions - level.origin.to(positions)[batch_index]
+    scaled = local / level.stride
     base = torch.floor(scaled - 0.5).to(torch.int64)
     frac = scaled - 0.5 - base
     total = features.new_zeros(len(positions), features.shape[1])
@@ -73,21 +77,27 @@ def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mo
         total += weight * features[pos]
         weight_sum += weight
     if bool((weight_sum <= 0).any()):
-        raise ValueError("sample_level: some positions have no occupied voxel around them")
+        raise ValueError("sample_level: some positions have no occupied cell around them")
     return total / weight_sum
 
 
+def scene_sample(scene: Scene) -> dict[str, Tensor]:
+    """A scan as an encoder sample: ``points``, ``colors`` in [0, 1], ``normals``."""
+    return {"points": torch.as_tensor(np.asarray(scene.coord), dtype=torch.float32),
+            "colors": torch.as_tensor(np.asarray(scene.color) / 255.0, dtype=torch.float32),
+            "normals": torch.as_tensor(np.asarray(scene.normal), dtype=torch.float32)}
+
+
 @torch.no_grad()
-def scene_point_features(encoder: nn.Module, scene: Scene, device: torch.device | str = "cpu",
+def scene_point_features(encoder: Encoder, scene: Scene, device: torch.device | str = "cpu",
                          interpolation: str = "trilinear") -> Tensor:
     """``(N, ΣC)`` frozen features of every point of ``scene`` (all levels, finest first), on the CPU."""
-    voxel_size = float(getattr(encoder, "voxel_size", 0.0))
-    if voxel_size <= 0:
-        raise ConfigError("the scene probe needs a voxel encoder (encoder=sparse_unet)")
-    voxels, _ = scan_voxels(scene, voxel_size)
-    output = encoder.to(device).eval()(voxels.to(device))
-    coord = torch.from_numpy(np.asarray(scene.coord, dtype=np.float32)).to(device)
-    positions = coord - coord.amin(dim=0)  # the grid frame of scan_voxels
+    if any(stride <= 0 for stride in encoder.spec.level_strides):
+        raise ConfigError("the scene probe needs a voxel encoder or a dense-grid encoder (levels on a grid, "
+                          "e.g. encoder=sparse_unet)")
+    sample = scene_sample(scene)
+    output = encoder.to(device).eval()(move_to(encoder_input(encoder.spec, [sample]), device))
+    positions = sample["points"].to(device)
     batch = torch.zeros(len(positions), dtype=torch.int64, device=device)
     return torch.cat([sample_level(level, positions, batch, interpolation) for level in output.levels], dim=1).cpu()
 
@@ -192,7 +202,7 @@ def knn_probe(data: ProbeFeatures, num_classes: int, k: int = 20, bank_size: int
     return torch.cat(predictions).numpy()
 
 
-def run_scene_probe(encoder: nn.Module, train: Sequence[Scene], val: Sequence[Scene], class_names: Sequence[str],
+def run_scene_probe(encoder: Encoder, train: Sequence[Scene], val: Sequence[Scene], class_names: Sequence[str],
                     kind: str, device: torch.device | str = "cpu", interpolation: str = "trilinear",
                     seed: int = 0, **options) -> dict[str, float]:
     """Features of every point of ``train`` and ``val``, one probe (``kind``: ``linear`` | ``knn``), metrics."""
@@ -212,7 +222,42 @@ def run_scene_probe(encoder: nn.Module, train: Sequence[Scene], val: Sequence[Sc
     metrics = segmentation_metrics(prediction, data.val_labels.numpy(), class_names)
     metrics["feature_dim"] = int(data.train_features.shape[1])
     start = 0
-    for i, width in enumerate(getattr(encoder, "level_channels", [data.val_features.shape[1]])):
+    for i, width in enumerate(encoder.spec.level_channels):
         metrics[f"effective_rank/level{i}"] = effective_rank(data.val_features[:, start:start + width], seed=seed)
         start += width
+    return metrics
+
+
+def probe_command(cfg) -> dict[str, Any]:
+    """``pc3d probe probe=scene_linear|scene_knn``: frozen multi-level point features → mIoU, beside random init."""
+    import time
+
+    from pc3d.data.scene_data import SceneData
+    from pc3d.train.run import finish_run, probe_encoders, report, resolve_device, start_run
+    from pc3d.utils.config import call_target, to_plain
+
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    data = call_target(cfg.data, "data")
+    if not isinstance(data, SceneData):
+        raise ConfigError(f"probe={cfg.probe.kind}: the scene probe needs scans with labels (data=scannet), "
+                          f"got {type(data).__name__}")
+    options = {k: v for k, v in to_plain(cfg.probe).items() if k not in ("run", "kind", "interpolation", "baseline")}
+    train, val = data.scenes(data.probe_train), data.scenes(data.probe_val)
+    encoders = probe_encoders(cfg)
+    out = start_run(cfg)
+    results = {name: run_scene_probe(encoder, train, val, data.class_names, str(cfg.probe.kind), device=device,
+                                     interpolation=str(cfg.probe.interpolation), seed=int(cfg.seed), **options)
+               for name, encoder in encoders.items()}
+    metrics = dict(results["pretrained"] if "pretrained" in results else results["random"])
+    if "pretrained" in results and "random" in results:
+        metrics.update({f"random_{k}": v for k, v in results["random"].items()})
+    metrics.update({"probe": f"scene_{cfg.probe.kind}", "train_scans": [s.name for s in train],
+                    "val_scans": [s.name for s in val], "wall_s": time.perf_counter() - started})
+    finish_run(out, metrics)
+    line = f"probe scene_{cfg.probe.kind} ({len(train)} train / {len(val)} val scans): "
+    line += f"mIoU {'pretrained' if 'pretrained' in results else 'random'} {metrics['miou']:.4f}"
+    if "pretrained" in results and "random" in results:
+        line += f" | random init {metrics['random_miou']:.4f}"
+    report(line + f" → {out}")
     return metrics

@@ -11,9 +11,10 @@
 
 from pc3d.hub.encoder_file import read_encoder_file, save_encoder
 from pc3d.hub.encoders import (FORMATS, EncoderCheckpoint, build_encoder, encoder_config_from_checkpoint,
-                               encoder_state_from_checkpoint, load_encoder, read_encoder_checkpoint)
+                               encoder_or_random, encoder_state_from_checkpoint, load_encoder,
+                               read_encoder_checkpoint)
 from pc3d.hub.point_mae import export_point_mae, import_point_mae_classifier, import_point_mae_model
 
-__all__ = ["FORMATS", "EncoderCheckpoint", "build_encoder", "encoder_config_from_checkpoint",
-           "encoder_state_from_checkpoint", "export_point_mae", "import_point_mae_classifier", "import_point_mae_model", "load_encoder",
-           "read_encoder_checkpoint", "read_encoder_file", "save_encoder"]
+__all__ = ["FORMATS", "EncoderCheckpoint", "build_encoder", "encoder_config_from_checkpoint", "encoder_or_random",
+           "encoder_state_from_checkpoint", "export_point_mae", "import_point_mae_classifier", "import_point_mae_model",
+           "load_encoder", "read_encoder_checkpoint", "read_encoder_file", "save_encoder"]

@@ -26,8 +26,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from pc3d.encoders.base import Encoder
 from pc3d.errors import CheckpointError, ConfigError
-from pc3d.hub.weights import build_encoder, one_line
+from pc3d.hub.weights import architecture_config, build_encoder, one_line
 from pc3d.utils.atomic import atomic_write
 from pc3d.utils.config import to_plain
 
@@ -79,19 +80,21 @@ def save_encoder(encoder: nn.Module, path: str | os.PathLike,
             Loading accepts only ``_target_`` classes under ``pc3d.encoders`` (a file must not
             choose what pc3d calls); another class loads with ``config_overrides={"_target_": ...}``.
             None: the encoder's own ``init_config`` (pc3d encoders record their constructor
-            arguments) under its class's ``_target_``.
+            arguments) under its class's ``_target_``. Run-time arguments (``runtime_args``, e.g.
+            a conv backend) are never stored.
     Returns:
         the path written.
     """
     if config is None:
-        if not isinstance(getattr(encoder, "init_config", None), Mapping):
-            raise ConfigError(f"save_encoder: {type(encoder).__name__} does not record its constructor arguments "
-                              "(init_config); pass config={'_target_': ..., ...}")
+        if not isinstance(encoder, Encoder):
+            raise ConfigError(f"save_encoder: {type(encoder).__name__} is not a pc3d Encoder (which records its "
+                              "constructor arguments); pass config={'_target_': ..., ...}")
         cls = type(encoder)
         config = {"_target_": f"{cls.__module__}.{cls.__qualname__}", **encoder.init_config}
     node = to_plain(config)
     if not node.get("_target_"):
         raise ConfigError("save_encoder: config has no _target_")
+    node = architecture_config(node)  # a run-time choice (a conv backend) is not architecture
     try:
         config_json = json.dumps(node, sort_keys=True)
     except (TypeError, ValueError) as exc:

@@ -31,7 +31,7 @@ from pc3d.errors import CheckpointError, ConfigError
 from pc3d.hub.encoder_file import ENCODER_FILE_FORMAT, looks_like_safetensors, read_encoder_file
 from pc3d.hub.point_mae import (NOT_POINT_MAE, POINT_MAE_FORMAT, encoder_display, encoder_weights, infer_encoder_config,
                                 point_mae_state)
-from pc3d.hub.weights import build_encoder, check_stored_target, load_weights, read_torch_file
+from pc3d.hub.weights import architecture_config, build_encoder, check_stored_target, load_weights, read_torch_file
 from pc3d.train.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint
 
 ENCODER_PREFIX = "encoder."
@@ -41,7 +41,7 @@ KNOWN_FORMATS = (f"{CHECKPOINT_FORMAT} (pc3d training checkpoint or run director
                  f"{POINT_MAE_FORMAT} (original Point-MAE checkpoint, pretraining or fine-tuned)")
 
 __all__ = ["FORMATS", "EncoderCheckpoint", "build_encoder", "encoder_config_from_checkpoint",
-           "encoder_state_from_checkpoint", "load_encoder", "read_encoder_checkpoint"]
+           "encoder_or_random", "encoder_state_from_checkpoint", "load_encoder", "read_encoder_checkpoint"]
 
 
 @dataclass
@@ -138,7 +138,8 @@ def read_encoder_checkpoint(path: str | os.PathLike, format: str = "auto",
     checkpoint = _read(Path(path), format)
     if "_target_" not in (config_overrides or {}):
         check_stored_target(checkpoint.config, str(checkpoint.file))
-    checkpoint.config.update(config_overrides or {})
+    # older files stored run-time choices (a conv backend) with the architecture: this machine decides
+    checkpoint.config = {**architecture_config(checkpoint.config), **(config_overrides or {})}
     return checkpoint
 
 
@@ -154,8 +155,7 @@ def encoder_config_from_checkpoint(path: str | os.PathLike, format: str = "auto"
         config = read_encoder_file(path, weights=False)[0]
         if "_target_" not in (config_overrides or {}):
             check_stored_target(config, str(path))
-        config.update(config_overrides or {})
-        return config
+        return {**architecture_config(config), **(config_overrides or {})}
     return read_encoder_checkpoint(path, format, config_overrides).config
 
 
@@ -180,3 +180,25 @@ def load_encoder(path: str | os.PathLike, strict: bool = True, format: str = "au
     load_weights(encoder, checkpoint.weights, strict=strict, source=str(checkpoint.file),
                  target=checkpoint.config["_target_"], what="encoder weights", display=checkpoint.display)
     return encoder.eval(), dict(checkpoint.config)
+
+
+def encoder_or_random(checkpoint: str | os.PathLike, encoder_config: Mapping[str, Any] | None, *, seed: int,
+                      config_overrides: Mapping[str, Any] | None = None
+                      ) -> tuple[nn.Module, dict[str, Any], str]:
+    """The encoder a downstream run starts from: ``checkpoint="random"`` builds ``encoder_config`` after
+    seeding every generator with ``seed``; anything else loads the checkpoint (any format, strict).
+
+    ``config_overrides`` apply to either (e.g. more patch tokens per scene for detection).
+    Returns the encoder, its config node and ``"pretrained"`` or ``"random"``.
+    """
+    from pc3d.utils.config import seed_everything, to_plain
+
+    seed_everything(seed)
+    if str(checkpoint) == "random":
+        if not encoder_config:
+            raise ConfigError("checkpoint=random needs an encoder config (encoder=...)")
+        config = {**to_plain(encoder_config), **(config_overrides or {})}
+        return build_encoder(config), architecture_config(config), "random"
+    encoder, config = load_encoder(checkpoint, config_overrides=config_overrides)
+    return encoder, config, "pretrained"
+

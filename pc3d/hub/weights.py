@@ -11,17 +11,39 @@ from hydra.utils import get_object
 from omegaconf import DictConfig
 from torch import nn
 
+from pc3d.encoders.base import Encoder
 from pc3d.errors import CheckpointError
 from pc3d.train.checkpoint import one_line, read_torch_file  # noqa: F401  (re-exported for hub modules)
 
-TRUSTED_TARGET_MODULES = ("pc3d.encoders.",)
-from pc3d.utils.config import call_target
+from pc3d.utils.config import call_target, to_plain
 
+TRUSTED_TARGET_MODULES = ("pc3d.encoders.",)
 
 
 def build_encoder(config: Mapping[str, Any] | DictConfig) -> nn.Module:
     """Instantiate an encoder from its config node (``_target_`` + constructor arguments)."""
     return call_target(config, "encoder")
+
+
+def encoder_class(config: Mapping[str, Any] | DictConfig) -> type | None:
+    """The class a config node's ``_target_`` names (None when it cannot be imported: building reports why)."""
+    target = to_plain(config).get("_target_")
+    try:
+        obj = get_object(target)
+    except Exception:
+        return None
+    return obj if isinstance(obj, type) else None
+
+
+def architecture_config(config: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    """A config node without the run-time choices its encoder class declares (``runtime_args``: a conv
+    backend), so a stored encoder rebuilds as the same architecture on any machine."""
+    node = to_plain(config)
+    cls = encoder_class(node)
+    if cls is not None and issubclass(cls, Encoder):
+        for name in cls.runtime_args:
+            node.pop(name, None)
+    return node
 
 
 def check_stored_target(config: Mapping[str, Any], source: str) -> None:

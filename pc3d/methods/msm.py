@@ -47,8 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pc3d.data.scene_data import SceneData
 from pc3d.encoders.base import FeatureLevel
 from pc3d.encoders.sparse_unet import SparseUNet
+from pc3d.errors import ConfigError
+from pc3d.methods.base import PretrainingMethod
 from pc3d.ops.sparse_conv import COORD_BITS, SparseVoxels, voxel_keys
 
 LOSSES = ("cosine", "smooth_l1")
@@ -119,7 +122,7 @@ def point_level_index(level: FeatureLevel, voxel_coords: Tensor, level_index: in
     return torch.searchsorted(level_keys, voxel_keys(ancestors))
 
 
-class MaskedSceneModeling(nn.Module):
+class MaskedSceneModeling(PretrainingMethod):
     """MSM pretraining: student/EMA-teacher masked deep-feature reconstruction (see the module docstring).
 
     Args:
@@ -139,7 +142,7 @@ class MaskedSceneModeling(nn.Module):
                  target_norm: str = "none", variance_weight: float = 1.0, covariance_weight: float = 0.04) -> None:
         super().__init__()
         if not isinstance(encoder, SparseUNet):
-            raise ValueError(f"MSM needs a SparseUNet encoder (encoder=sparse_unet), got {type(encoder).__name__}")
+            raise ConfigError(f"MSM needs a SparseUNet encoder (encoder=sparse_unet), got {type(encoder).__name__}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={mask_ratio}: expected 0 < mask_ratio < 1")
         if mask_unit < 1:
@@ -169,14 +172,15 @@ class MaskedSceneModeling(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.predictors = nn.ModuleList(nn.Linear(c, c) for c in encoder.level_channels)
 
-    def pretrain_dataset(self, data: Any, augment: bool = True):
-        """MSM's training samples from a scene data node (``data.view_dataset``)."""
-        if not hasattr(data, "view_dataset"):
-            from pc3d.errors import ConfigError
+    input_kinds = ("voxels",)
 
+    def pretrain_dataset(self, data: Any, augment: bool = True):
+        """MSM's paired views of the scans of a scene data node (:meth:`SceneData.view_dataset`)."""
+        if not isinstance(data, SceneData):
             raise ConfigError(f"method=msm needs scans with colour and normals (data=scannet), got "
                               f"{type(data).__name__}")
-        return data.view_dataset(voxel_size=self.encoder.voxel_size, augment=augment)
+        spec = self.encoder.spec
+        return data.view_dataset(voxel_size=spec.voxel_size, input_features=spec.input_features, augment=augment)
 
     def momentum(self, step: int, total_steps: int) -> float:
         start, end = self.ema_momentum

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from pc3d.encoders.layers import PositionalBlocks, positional_mlp
 from pc3d.encoders.point_vit import PointViT
+from pc3d.errors import ConfigError
+from pc3d.methods.base import PretrainingMethod
 from pc3d.ops import chamfer_l2, gather_points
 
 
@@ -86,7 +88,7 @@ def select_tokens(x: Tensor, keep: Tensor) -> Tensor:
     return x[keep].reshape(batch, -1, *x.shape[2:])
 
 
-class PointMAE(nn.Module):
+class PointMAE(PretrainingMethod):
     """Point-MAE pretraining model: encoder + decoder + Chamfer loss.
 
     Args:
@@ -101,6 +103,8 @@ class PointMAE(nn.Module):
                  decoder_depth: int = 4, decoder_num_heads: int = 6,
                  decoder_drop_path_rate: float = 0.1, embed_visible_only: bool = True) -> None:
         super().__init__()
+        if not isinstance(encoder, PointViT):
+            raise ConfigError(f"Point-MAE pretrains a point-patch ViT (encoder=point_vit), got {type(encoder).__name__}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         if mask_type not in ("rand", "block"):
@@ -119,6 +123,9 @@ class PointMAE(nn.Module):
         # position MLP and reconstruction head at PyTorch's default init; matched for faithfulness.
         self.decoder.apply(_init_xavier)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    input_kinds = ("points",)
+    no_weight_decay_names = ("mask_token",)
 
     def make_mask(self, centers: Tensor, sample_seeds: Tensor | None = None) -> Tensor:
         """``centers (B, G, 3)`` → mask ``(B, G)`` bool, True = masked.

@@ -1,8 +1,9 @@
 """Sparse 3D convolution on voxel grids: submanifold, strided and inverse (transposed) convs.
 
 A :class:`SparseVoxels` is a batch of occupied voxels: ``features (M, C)`` and integer
-``coords (M, 4)`` = ``[batch, x, y, z]`` (non-negative). Three conv kinds cover a
-sparse UNet:
+``coords (M, 4)`` = ``[batch, x, y, z]`` (non-negative), optionally with each sample's grid
+``origin`` (where voxel ``(0, 0, 0)`` sits in the input frame) and the conv backend its encoder
+resolved for this forward. Three conv kinds cover a sparse UNet:
 
 * ``submanifold`` (odd kernel, stride 1): output voxels = input voxels,
   ``out[p] = Σ_k in[p + k - r] · W[k]`` over occupied neighbours (dense ``conv3d``
@@ -24,7 +25,9 @@ parameters runs on either backend:
 
 ``backend="auto"`` picks spconv for float32 tensors when it is installed (its native CPU
 kernels are 3x faster than the torch path at 100k voxels, ``bench/sparse_unet.py``) and
-torch otherwise (see :mod:`pc3d.ops.backends`). Kernel maps are cached on the
+torch otherwise (see :mod:`pc3d.ops.backends`). An encoder resolves the backend once per
+forward and passes it along on its :class:`SparseVoxels` (``backend``), so its layers do not
+re-resolve it; a layer used alone resolves its own. Kernel maps are cached on the
 :class:`SparseVoxels` (shared by every tensor derived from it), so the layers of one
 stage build them once. The output row order of ``down`` differs between backends;
 rows always travel with their coords.
@@ -55,13 +58,18 @@ class SparseVoxels:
         features: ``(M, C)``.
         coords: ``(M, 4)`` int32 ``[batch, x, y, z]``, non-negative, unique.
         batch_size: number of samples (``coords[:, 0] < batch_size``).
+        origin: ``(B, 3)`` input-frame position of the corner of voxel ``(0, 0, 0)`` of each sample,
+            or None (the frame origin); carried to every tensor derived from these voxels.
+        backend: the resolved conv backend (``"torch"`` | ``"spconv"``) for every layer of one
+            encoder forward, or None (each layer resolves its own).
         cache: kernel maps keyed by layer key, shared with every tensor made by
             :meth:`replace` (same coords) and carried into ``down``/``up`` outputs so an
             ``up`` finds the map of its ``down``.
     """
 
     def __init__(self, features: Tensor, coords: Tensor, batch_size: int,
-                 cache: dict[str, Any] | None = None, spconv_tensor: Any = None, validate: bool = True) -> None:
+                 cache: dict[str, Any] | None = None, spconv_tensor: Any = None, validate: bool = True,
+                 origin: Tensor | None = None, backend: str | None = None) -> None:
         if features.dim() != 2 or coords.dim() != 2 or coords.shape[1] != 4 or len(features) != len(coords):
             raise ValueError(f"SparseVoxels: expected features (M, C) and coords (M, 4), got "
                              f"{tuple(features.shape)} and {tuple(coords.shape)}")
@@ -72,20 +80,47 @@ class SparseVoxels:
         self.features = features
         self.coords = coords.to(torch.int32)
         self.batch_size = int(batch_size)
+        if origin is not None and origin.shape != (self.batch_size, 3):
+            raise ValueError(f"SparseVoxels: origin must be (batch_size, 3), got {tuple(origin.shape)}")
         self.cache = {} if cache is None else cache
         self._spconv = spconv_tensor
+        self.origin = origin
+        self.backend = backend
+
+    @classmethod
+    def batch(cls, coords: list[Tensor], features: list[Tensor], origins: list[Tensor] | None = None
+              ) -> "SparseVoxels":
+        """Concatenate samples' voxels ``coords[b] (V_b, 3)``, ``features[b] (V_b, C)`` with a batch column
+        (and their ``origins[b] (3,)``)."""
+        batched = torch.cat([torch.cat([torch.full((len(c), 1), b, dtype=torch.int32), c.to(torch.int32)], dim=1)
+                             for b, c in enumerate(coords)])
+        origin = None if origins is None else torch.stack([torch.as_tensor(o, dtype=torch.float32) for o in origins])
+        return cls(torch.cat(features), batched, len(coords), origin=origin)
+
+    def derive(self, features: Tensor, coords: Tensor, spconv_tensor: Any = None) -> "SparseVoxels":
+        """New voxels computed from these (a conv output): same batch, origin, backend and cache."""
+        return SparseVoxels(features, coords, self.batch_size, self.cache, spconv_tensor, validate=False,
+                            origin=self.origin, backend=self.backend)
 
     def replace(self, features: Tensor) -> "SparseVoxels":
         """Same voxels (and kernel-map cache), new ``features (M, C')``."""
         spconv_tensor = None if self._spconv is None else self._spconv.replace_feature(features)
-        return SparseVoxels(features, self.coords, self.batch_size, self.cache, spconv_tensor, validate=False)
+        return self.derive(features, self.coords, spconv_tensor)
+
+    def with_backend(self, backend: str) -> "SparseVoxels":
+        """The same voxels, with the backend every layer of this forward uses."""
+        out = self.replace(self.features)
+        out.backend = backend
+        return out
 
     def __len__(self) -> int:
         return len(self.coords)
 
     def to(self, device: torch.device | str) -> "SparseVoxels":
         """The same voxels on ``device`` (kernel maps are rebuilt there)."""
-        return SparseVoxels(self.features.to(device), self.coords.to(device), self.batch_size, validate=False)
+        origin = None if self.origin is None else self.origin.to(device)
+        return SparseVoxels(self.features.to(device), self.coords.to(device), self.batch_size, validate=False,
+                            origin=origin, backend=self.backend)
 
     def to_spconv(self) -> Any:
         """The spconv ``SparseConvTensor`` view of these voxels (built once, then kept)."""
@@ -241,7 +276,7 @@ class SparseConv3d(nn.Module):
     def forward(self, x: SparseVoxels) -> SparseVoxels:
         if x.features.shape[1] != self.in_channels:
             raise ValueError(f"{self.key}: expected {self.in_channels} input channels, got {x.features.shape[1]}")
-        backend = resolve_backend(self.backend, "sparse_conv", x.features)
+        backend = x.backend if x.backend is not None else resolve_backend(self.backend, "sparse_conv", x.features)
         if backend == "spconv":
             return self._forward_spconv(x)
         return self._forward_torch(x)
@@ -262,15 +297,13 @@ class SparseConv3d(nn.Module):
             if cache_key not in x.cache:
                 x.cache[cache_key] = (x.coords, *downsample_map(x.coords, self.kernel_size))
             _, out_coords, children, parents = x.cache[cache_key]
-            return SparseVoxels(_TableConv.apply(x.features, weight, children, parents), out_coords,
-                                x.batch_size, x.cache, validate=False)
+            return x.derive(_TableConv.apply(x.features, weight, children, parents), out_coords)
         if cache_key not in x.cache:
             raise ValueError(f"{self.key}: an 'up' conv needs the kernel map of its 'down' conv (same key)")
         fine_coords, coarse_coords, children, parents = x.cache[cache_key]
         if len(coarse_coords) != len(x):
             raise ValueError(f"{self.key}: input has {len(x)} voxels, its 'down' produced {len(coarse_coords)}")
-        return SparseVoxels(_TableConv.apply(x.features, weight, parents, children), fine_coords,
-                            x.batch_size, x.cache, validate=False)
+        return x.derive(_TableConv.apply(x.features, weight, parents, children), fine_coords)
 
     def _forward_spconv(self, x: SparseVoxels) -> SparseVoxels:
         device_type = x.features.device.type
@@ -293,4 +326,4 @@ class SparseConv3d(nn.Module):
         if self.kind == "down":  # spconv drops voxels beyond the last whole stride; pad the extent
             tensor.spatial_shape = [-(-int(d) // self.kernel_size) * self.kernel_size for d in tensor.spatial_shape]
         out = layer(tensor)
-        return SparseVoxels(out.features, out.indices, x.batch_size, x.cache, out, validate=False)
+        return x.derive(out.features, out.indices, out)

@@ -44,3 +44,18 @@ def voxel_mean(values: Tensor, inverse: Tensor, num_voxels: int) -> Tensor:
     total = values.new_zeros(num_voxels, values.shape[1]).index_add_(0, inverse, values)
     count = torch.bincount(inverse, minlength=num_voxels).clamp_min(1).to(values.dtype)
     return total / count[:, None]
+
+
+def voxelize_points(points: Tensor, features: Tensor, voxel_size: float) -> dict[str, Tensor]:
+    """One cloud as voxels from its minimum corner, with the mean features of their points.
+
+    Args:
+        points: ``(N, 3)``; features: ``(N, C)``.
+    Returns:
+        ``{"coords": (V, 3) int32, "features": (V, C), "point_voxel": (N,) int64, "origin": (3,)}``
+        (``point_voxel``: the voxel of every point; ``origin``: where voxel ``(0, 0, 0)``'s corner is).
+    """
+    origin = points.amin(dim=0)
+    grid, inverse = voxelize(points, voxel_size, origin)
+    return {"coords": grid.to(torch.int32), "features": voxel_mean(features, inverse, len(grid)),
+            "point_voxel": inverse, "origin": origin}

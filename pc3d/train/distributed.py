@@ -15,10 +15,11 @@ all-reduces), so it works on gloo/CPU, where ``torch.nn.SyncBatchNorm`` refuses 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -120,6 +121,20 @@ def gather_objects(obj: Any) -> list[Any]:
 def barrier() -> None:
     if current_context().enabled:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the body on the main process first, then on the others: data a command prepares on first use
+    (generated or converted caches) is written once, never by two processes at the same time."""
+    main = current_context().is_main
+    if not main:
+        barrier()
+    try:
+        yield
+    finally:
+        if main:
+            barrier()
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):

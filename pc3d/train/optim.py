@@ -1,30 +1,10 @@
-"""Optimisers (AdamW, SGD with momentum), their parameter groups and the warm-up + cosine schedule."""
+"""Optimisers (AdamW, SGD with momentum) and the warm-up + cosine learning-rate schedule."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decay for weight matrices; none for biases, 1-D params (norms) and tokens.
-
-    Matches Point-MAE's ``add_weight_decay``.
-    """
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.endswith(".bias") or "token" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def warmup_cosine_lr(step: int, *, base_lr: float, total_steps: int, warmup_steps: int,
@@ -44,10 +24,15 @@ def warmup_cosine_lr(step: int, *, base_lr: float, total_steps: int, warmup_step
 OPTIMIZERS = ("adamw", "sgd")
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw",
-                    betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``kind="adamw"`` (Point-MAE's) or ``"sgd"`` (Nesterov momentum, Pointcept's sparse-UNet recipes)."""
-    groups = param_groups(model, weight_decay)
+def build_optimizer(groups: list[dict], lr: float, kind: str = "adamw", betas: tuple[float, float] = (0.9, 0.999),
+                    momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``kind="adamw"`` (Point-MAE's) or ``"sgd"`` (Nesterov momentum, Pointcept's sparse-UNet recipes).
+
+    ``groups``: parameter groups (:meth:`pc3d.train.model.TrainableModel.param_groups`); a group's
+    ``lr_scale`` sets its learning rate to ``lr · lr_scale`` (the schedule then scales every group alike).
+    """
+    groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": lr * float(g.get("lr_scale", 1.0))}
+              for g in groups]
     if kind == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     if kind == "sgd":

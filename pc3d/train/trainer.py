@@ -1,9 +1,12 @@
 """The one training loop for every pretraining method (and for fine-tuning).
 
-A method is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar, ...}``;
-the trainer owns everything else: AdamW + warm-up/cosine, gradient clipping, the
-seeded per-epoch batch order, progress, TensorBoard, atomic checkpoints, ``resume``,
-DDP, bf16 autocast and ``torch.compile``.
+A method is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar, ...}``,
+optionally a :class:`~pc3d.train.model.TrainableModel` declaring hooks (parameter groups,
+``on_optimizer_step``, ``log_artifacts``); the trainer owns everything else: AdamW/SGD +
+warm-up/cosine, gradient clipping, the seeded per-epoch batch order, moving nested batches to
+the device, progress, TensorBoard, atomic checkpoints, ``resume``, DDP, bf16 autocast and
+``torch.compile``. Datasets may declare ``set_epoch`` and ``collate``
+(:class:`~pc3d.data.base.SampleDataset`).
 
 Determinism. Given the same seed, a run on CPU is deterministic, and a resumed run
 replays the same batches: batch order depends only on ``(seed, epoch)``, data
@@ -39,13 +42,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pc3d.data.base import SampleDataset
 from pc3d.errors import CheckpointError, ConfigError, Pc3dError
 from pc3d.train.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pc3d.train.distributed import (DistributedContext, all_reduce_mean, barrier, broadcast_object,
                                     convert_sync_batchnorm, current_context, gather_objects)
+from pc3d.train.model import TrainableModel, param_groups
 from pc3d.train.optim import OPTIMIZERS, build_optimizer, build_scheduler
 from pc3d.utils.atomic import atomic_write
 from pc3d.utils.config import seed_everything
+from pc3d.utils.device import move_to
 from pc3d.utils.progress import get_logger, progress
 
 log = get_logger(__name__)
@@ -60,6 +66,7 @@ class TrainerConfig:
     and the losses stay float32). ``compile``: ``False``, ``True`` (``torch.compile``
     with inductor) or the name of another ``torch.compile`` backend.
     ``sync_batchnorm`` / ``find_unused_parameters``: multi-process runs only.
+    ``artifact_every``: call the model's ``log_artifacts`` every N steps (0: never).
 
     ``optimizer``: ``adamw`` or ``sgd`` (``momentum``, Nesterov; see :func:`~pc3d.train.optim.build_optimizer`).
     ``max_steps`` overrides ``epochs``; warm-up is ``warmup_steps`` when given, else
@@ -83,6 +90,7 @@ class TrainerConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     keep_last: int = 2
+    artifact_every: int = 0
     precision: str = "fp32"
     compile: bool | str = False
     sync_batchnorm: bool = True
@@ -187,8 +195,10 @@ class Trainer:
             self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch * self.total_steps / max(planned, 1))
         if config.optimizer not in OPTIMIZERS:
             raise ConfigError(f"trainer.optimizer={config.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.optimizer,
-                                         momentum=config.momentum)
+        self.hooks = self.model if isinstance(self.model, TrainableModel) else TrainableModel()
+        groups = (self.model.param_groups(config.weight_decay) if isinstance(self.model, TrainableModel)
+                  else param_groups(self.model, config.weight_decay))
+        self.optimizer = build_optimizer(groups, config.lr, config.optimizer, momentum=config.momentum)
         self.scheduler = build_scheduler(self.optimizer, base_lr=config.lr, total_steps=self.total_steps,
                                          warmup_steps=self.warmup_steps, warmup_lr_init=config.warmup_lr_init,
                                          min_lr=config.min_lr)
@@ -251,7 +261,7 @@ class Trainer:
         epoch, offset = divmod(step, self.steps_per_epoch)
         part = slice(self.context.rank * self.local_batch_size, (self.context.rank + 1) * self.local_batch_size)
         while True:
-            if hasattr(self.dataset, "set_epoch"):
+            if isinstance(self.dataset, SampleDataset):
                 self.dataset.set_epoch(epoch)
             batches = epoch_batches(len(self.dataset), self.config.batch_size, self.config.seed, epoch)[offset:]
             # A dedicated generator: a loader otherwise draws its worker base seed from the global
@@ -260,7 +270,7 @@ class Trainer:
                                                           .generate_state(1)[0]))
             loader = DataLoader(self.dataset, batch_sampler=[b[part] for b in batches],
                                 num_workers=self.config.num_workers, generator=generator,
-                                collate_fn=getattr(self.dataset, "collate", None))
+                                collate_fn=self.dataset.collate if isinstance(self.dataset, SampleDataset) else None)
             for position, batch in enumerate(loader):
                 global_step = epoch * self.steps_per_epoch + offset + position
                 seeds = sample_seeds(self.config.seed, global_step, self.config.batch_size)[part]
@@ -304,8 +314,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        if hasattr(self.model, "on_optimizer_step"):  # e.g. MSM's EMA teacher
-            self.model.on_optimizer_step(self.step, self.total_steps)
+        self.hooks.on_optimizer_step(self.step, self.total_steps)
         return value, lr, terms
 
     def fit(self) -> dict[str, Any]:
@@ -331,9 +340,7 @@ class Trainer:
         try:
             batches = self._batches_from(self.step)
             while self.step < self.total_steps:
-                batch = next(batches)
-                batch = {k: v if k == "sample_seed" else v.to(self.device, non_blocking=True)
-                         for k, v in batch.items()}
+                batch = move_to(next(batches), self.device, keep_on_cpu=("sample_seed",))
                 value, lr, terms = self._train_step(batch)
                 samples += cfg.batch_size
                 recent = (recent + [value])[-FINAL_LOSS_WINDOW:]
@@ -352,6 +359,8 @@ class Trainer:
                         if bar.disable:
                             log.info("step %d/%d loss %.5f lr %.2e %.1f samples/s", self.step, self.total_steps,
                                      value, lr, throughput)
+                    if cfg.artifact_every and (self.step % cfg.artifact_every == 0 or last):
+                        self.hooks.log_artifacts(self.step, self.run_dir / "artifacts", writer)
                 if self.step % cfg.checkpoint_every == 0 or last:
                     state = self.state_dict()  # collective: every rank takes part
                     if main:

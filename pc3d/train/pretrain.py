@@ -1,0 +1,37 @@
+"""``pc3d pretrain``: one encoder, one method, one data node, the one Trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pc3d.errors import ConfigError
+from pc3d.methods.base import PretrainingMethod
+from pc3d.train.distributed import init_distributed, main_process_first
+from pc3d.train.run import finish_run, report, start_run, trainer_config
+from pc3d.train.trainer import Trainer
+from pc3d.utils.config import call_target, seed_everything, to_plain
+
+
+def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Pretraining (``configs/pretrain.yaml``); under ``torchrun`` every process runs this and DDP joins them.
+
+    Metrics: ``final_loss`` (mean of the last 25 step losses), ``steps``, ``wall_s``, ``samples_per_s``.
+    """
+    init_distributed(str(cfg.device))
+    seed_everything(cfg.seed)
+    with main_process_first():
+        data = call_target(cfg.data, "data")
+    encoder = call_target(cfg.encoder, "encoder")
+    model = call_target(cfg.method, "method", encoder=encoder)
+    if not isinstance(model, PretrainingMethod):
+        raise ConfigError(f"method._target_ builds {type(model).__name__}, not a pc3d pretraining method")
+    dataset = model.pretrain_dataset(data, augment=bool(cfg.augment))
+    trainer = Trainer(model, dataset, trainer_config(cfg), cfg.out_dir, run_config=to_plain(cfg))
+    out = start_run(cfg)  # only once every input has been validated: a failed start leaves no output
+    metrics = trainer.fit()
+    finish_run(out, metrics)
+    report(f"pretrain: {metrics['steps']} steps, final loss {metrics['final_loss']:.5f}, "
+           f"{metrics['samples_per_s']:.1f} samples/s, {metrics['wall_s']:.0f} s → {out}")
+    return metrics
