@@ -1,8 +1,9 @@
-"""Data layer: readers, transforms, the prepared object cache, datasets, synthetic shapes.
+"""Data layer: readers, transforms, the prepared object cache, datasets, synthetic shapes, posed images.
 
 See DEVELOPERS.md ("Data contract") for the formats. The torch-based datasets
-(``ObjectDataset``, ``stratified_split``) are imported lazily, so readers and
-``data_prep`` start without importing torch.
+(``ObjectDataset``, ``stratified_split``) and the posed-image readers
+(``pc3d.data.cameras``: ``Camera``, ``PosedImages``, ``read_posed_images``, ...) are imported
+lazily, so readers and ``data_prep`` start without importing torch or Pillow.
 """
 
 from typing import Any
@@ -12,6 +13,7 @@ from pc3d.data.io import (
     PointCloud,
     read_npy,
     read_npz,
+    read_numpy_pickle,
     read_off,
     read_pcd,
     read_ply,
@@ -27,6 +29,22 @@ from pc3d.data.synthetic_shapes import (
 )
 from pc3d.data.transforms import normalize_unit_sphere, random_subsample, scale_and_translate
 
+_CAMERA_NAMES = (
+    "Camera",
+    "PosedImages",
+    "POSED_IMAGE_FORMATS",
+    "camera_rays",
+    "detect_posed_format",
+    "read_posed_images",
+    "read_blender",
+    "read_instant_ngp",
+    "read_llff",
+    "read_colmap",
+    "read_scannet_frames",
+    "read_scannet_infos",
+    "read_sunrgbd",
+)
+
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "PointCloud",
@@ -37,6 +55,7 @@ __all__ = [
     "read_npy",
     "read_npz",
     "read_txt",
+    "read_numpy_pickle",
     "sample_mesh_surface",
     "normalize_unit_sphere",
     "random_subsample",
@@ -50,9 +69,11 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "generate_synthetic_shapes",
     "prepare_synthetic_shapes",
+    *_CAMERA_NAMES,
 ]
 
-_LAZY = {"ObjectDataset": "pc3d.data.object_dataset", "stratified_split": "pc3d.data.object_dataset"}
+_LAZY = {"ObjectDataset": "pc3d.data.object_dataset", "stratified_split": "pc3d.data.object_dataset",
+         **{name: "pc3d.data.cameras" for name in _CAMERA_NAMES}}
 
 
 def __getattr__(name: str) -> Any:

@@ -35,12 +35,16 @@ starts with the path and says what was expected.
 
 from __future__ import annotations
 
+import codecs
+import collections
 import json
 import os
+import pickle
 import re
 import struct
 import zipfile
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,6 +61,7 @@ __all__ = [
     "read_off",
     "read_array",
     "read_json",
+    "read_numpy_pickle",
     "read_npy",
     "read_npz",
     "read_txt",
@@ -694,6 +699,100 @@ def read_json(path: PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataFormatError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _numpy_callable(*dotted: str) -> Any:
+    """The first importable ``module.name`` of ``dotted`` (numpy 2 moved ``numpy.core`` to ``numpy._core``)."""
+    import importlib
+
+    for entry in dotted:
+        module, _, name = entry.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"none of {dotted} is importable")
+
+
+def _reconstruct_ndarray(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    # the allowed constructor builds plain ndarrays only: a subclass could run code in __setstate__
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"refused array subclass {subtype!r}")
+    return _numpy_callable("numpy._core.multiarray._reconstruct",
+                           "numpy.core.multiarray._reconstruct")(subtype, shape, dtype)
+
+
+def _latin1_bytes(text: Any, encoding: str = "latin1") -> bytes:
+    # protocol-2 pickles store array bytes as latin-1 text re-encoded with _codecs.encode
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"refused _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
+    frombuffer = _numpy_callable("numpy._core.numeric._frombuffer", "numpy.core.numeric._frombuffer")
+    scalar = _numpy_callable("numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar")
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_bytes,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("builtins", "bytearray"): bytearray,
+        ("builtins", "complex"): complex,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+    }
+    # protocol-2 pickles written by Python 3 spell builtins the Python 2 way
+    allowed.update({("__builtin__", name): value for (module, name), value in list(allowed.items())
+                    if module == "builtins"})
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct_ndarray
+        allowed[(f"{core}.multiarray", "scalar")] = scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.dotted = f"{module}.{name}"
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays, numpy scalars and plain containers; refuses every other global."""
+
+    _allowed = None
+
+    def find_class(self, module: str, name: str) -> Any:
+        if _NumpyUnpickler._allowed is None:
+            _NumpyUnpickler._allowed = _numpy_pickle_globals()
+        try:
+            return _NumpyUnpickler._allowed[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(module, name) from None
+
+
+def read_numpy_pickle(path: PathLike) -> Any:
+    """Load a pickle that holds only numpy arrays/scalars and plain containers, without running code.
+
+    Such files are the info pickles of the mmdetection3d tooling (ScanNet, SUN RGB-D). Unpickling
+    resolves a fixed list of globals: ``numpy.ndarray``, ``numpy.dtype``, numpy's array/scalar
+    reconstructors (``_reconstruct`` of plain ndarrays only, ``scalar``, ``_frombuffer``),
+    ``_codecs.encode`` with the latin-1 codec only (protocol-2 array bytes), and ``set``,
+    ``frozenset``, ``bytearray``, ``complex``, ``collections.OrderedDict``. Any other global
+    (a class, ``os.system``, ...) raises DataFormatError naming the file and the refused global
+    before it is called; persistent ids are refused as well.
+    """
+    raw = _read_bytes(path)
+    try:
+        return _NumpyUnpickler(BytesIO(raw)).load()
+    except _RefusedGlobal as exc:
+        raise _fail(path, f"pickle refers to {exc.dotted}, which is refused (only numpy arrays, numpy "
+                          "scalars and plain containers are unpickled)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            ImportError, struct.error, MemoryError, RecursionError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _fail(path, f"not a readable numpy pickle ({detail})") from exc
 
 
 def read_npy(path: PathLike) -> PointCloud:
