@@ -1,4 +1,4 @@
-"""Data layer: readers, transforms, the prepared object cache, datasets, synthetic shapes.
+"""Data layer: readers, transforms, the prepared object cache, datasets, synthetic shapes, 3DGS ``.ply``.
 
 See DEVELOPERS.md ("Data contract") for the formats. The torch-based datasets
 (``ObjectDataset``, ``stratified_split``) are imported lazily, so readers and
@@ -7,6 +7,7 @@ See DEVELOPERS.md ("Data contract") for the formats. The torch-based datasets
 
 from typing import Any
 
+from pc3d.data.gaussians import GaussianCloud, read_gaussian_ply, write_gaussian_ply
 from pc3d.data.io import (
     SUPPORTED_SUFFIXES,
     PointCloud,
@@ -38,6 +39,9 @@ __all__ = [
     "read_npz",
     "read_txt",
     "sample_mesh_surface",
+    "GaussianCloud",
+    "read_gaussian_ply",
+    "write_gaussian_ply",
     "normalize_unit_sphere",
     "random_subsample",
     "scale_and_translate",
