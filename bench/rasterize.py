@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if "gsplat" in impls and (not args.device.startswith("cuda") or importlib.util.find_spec("gsplat") is None):
         impls.remove("gsplat")
         skipped.append("gsplat (CUDA and the gsplat package only)")
-    cmd = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
-    print(f"# Gaussian rasterizer benchmark\n\n`python bench/rasterize.py {cmd}`  ".replace(" `", "`"))
+    cmd = " ".join(["python bench/rasterize.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"# Gaussian rasterizer benchmark\n\n`{cmd}`  ")
     print(f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} torch threads, "
           f"python {platform.python_version()}, device {args.device}  ")
     print(f"{args.width}x{args.height} image, {args.gaussians} Gaussians, SH degree {args.sh_degree}  ")

@@ -274,6 +274,19 @@ def test_tile_size_does_not_change_the_image(case):
         assert torch.equal(outs[ts].radii, outs[16].radii)
 
 
+def test_tile_size_does_not_change_the_gradients():
+    scene = random_scene(13, 40, cams=2, sh_degree=2)
+    grads = {}
+    for ts in (8, 16, 32):
+        leaves = {k: v.clone().requires_grad_() for k, v in scene.items()}
+        out = render(leaves, 37, 29, tile_size=ts)
+        (out.rgb.sum() + 0.3 * out.depth.sum() + out.alpha.square().sum()).backward()
+        grads[ts] = {k: v.grad for k, v in leaves.items()}
+    for ts in (8, 32):
+        for key, grad in grads[ts].items():
+            torch.testing.assert_close(grad, grads[16][key], rtol=1e-9, atol=1e-12, msg=key)
+
+
 def test_chunking_gives_the_same_result_and_gradients_as_one_chunk():
     scene = random_scene(8, 60, cams=2, sh_degree=1, scale=(-2.2, -1.2))
     width, height = 30, 26

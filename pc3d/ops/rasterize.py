@@ -21,7 +21,8 @@ The model (that of 3DGS and gsplat's "classic" mode)
 ----------------------------------------------------
 1. Covariance ``Sigma = R S S^T R^T``; camera-space covariance ``W Sigma W^T``; EWA projection
    ``J W Sigma W^T J^T`` with the perspective Jacobian ``J`` at the mean (its ``x/z, y/z`` clamped
-   to 1.3 times the half field of view, as 3DGS does, so off-screen Gaussians stay bounded);
+   to the image edge plus 30 % of the half field of view, as 3DGS does, so the footprints of
+   off-screen Gaussians stay bounded);
    ``eps2d`` is added to the diagonal of the 2D covariance (no opacity compensation).
 2. A Gaussian is *culled* in a camera (``radii == 0``) if its depth ``z`` is outside
    ``[near, far]``, the blurred 2D covariance is not positive definite, ``o < 1/255``, or its box
@@ -33,8 +34,10 @@ The model (that of 3DGS and gsplat's "classic" mode)
 4. **Per-pixel rule** (what makes ``tile_size`` a pure performance parameter): Gaussian ``i`` is
    considered at pixel centre ``p`` only if ``|p_x - mean2d_x| <= r_x`` and
    ``|p_y - mean2d_y| <= r_y``. Tiles only decide which pairs are evaluated; every tile that
-   holds such a pixel lists the Gaussian, so the image is a function of the Gaussians alone
-   (by 3. the rule removes nothing with alpha >= 1/255 except at float rounding on the ellipse).
+   holds such a pixel lists the Gaussian, so the image is a function of the Gaussians alone.
+   By 3. the rule removes nothing with alpha >= 1/255 in exact arithmetic (so the result equals
+   gsplat's, which has no such rule); it makes the guarantee hold under rounding too, and for
+   ``eps2d = 0`` with nearly degenerate covariances.
 5. Per pixel, the considered Gaussians are composited front to back in order of camera-space
    depth ``z`` (ties by index): ``alpha = min(0.999, o * exp(-0.5 d^T Sigma2d^-1 d))``; a
    Gaussian with ``alpha < 1/255`` is skipped; with ``T`` the transmittance before it, if
@@ -101,7 +104,8 @@ class RenderedImages:
         depth: ``(C, H, W, 1)`` accumulated depth ``sum_i w_i z_i`` (no background term).
         alpha: ``(C, H, W, 1)`` ``1 - T``, the accumulated opacity.
         radii: ``(C, N)`` int32, the larger of a Gaussian's two pixel extents; 0 where it is culled.
-        means2d: ``(C, N, 2)`` projected means in pixels (0 where culled). When the inputs
+        means2d: ``(C, N, 2)`` projected means in pixels (torch path: 0 where culled; gsplat:
+            unspecified there). When the inputs
             require grad, ``retain_grad()`` has been called on it: after ``backward()``,
             ``means2d.grad`` holds the loss gradient w.r.t. the 2D means (the image-space
             gradient 3DGS densification averages).
@@ -177,7 +181,7 @@ def rasterize_gaussians(
     ``background`` and (torch path) ``viewmats`` and ``Ks``. Culling, the extents, the 1/255
     skip, the 0.999 clamp and the transmittance stop are treated as constants.
     """
-    num, cams, degree = _check_inputs(means, quats, log_scales, opacity_logits, colors, viewmats, Ks,
+    _, cams, degree = _check_inputs(means, quats, log_scales, opacity_logits, colors, viewmats, Ks,
                                       width, height, sh_degree, background, near, far, eps2d, tile_size,
                                       chunk_elements)
     if background is not None:
