@@ -1,4 +1,5 @@
-"""Data layer: readers, transforms, the prepared object cache, datasets, synthetic shapes, posed images.
+"""Data layer: readers, transforms, the prepared object cache, datasets, synthetic shapes, posed images,
+3DGS ``.ply``.
 
 See DEVELOPERS.md ("Data contract") for the formats. The torch-based datasets
 (``ObjectDataset``, ``stratified_split``) and the posed-image readers
@@ -57,6 +58,9 @@ __all__ = [
     "read_txt",
     "read_numpy_pickle",
     "sample_mesh_surface",
+    "GaussianCloud",
+    "read_gaussian_ply",
+    "write_gaussian_ply",
     "normalize_unit_sphere",
     "random_subsample",
     "scale_and_translate",
@@ -73,6 +77,7 @@ __all__ = [
 ]
 
 _LAZY = {"ObjectDataset": "pc3d.data.object_dataset", "stratified_split": "pc3d.data.object_dataset",
+         **{name: "pc3d.data.gaussians" for name in ("GaussianCloud", "read_gaussian_ply", "write_gaussian_ply")},
          **{name: "pc3d.data.cameras" for name in _CAMERA_NAMES}}
 
 

@@ -11,15 +11,17 @@ pytorch3d      farthest_point_sample, knn, ball_query, chamfer_l2    CUDA float3
 torch_cluster  farthest_point_sample, knn                            CUDA float32
 scipy          knn (cKDTree, CPU only)                               never
 spconv         sparse_conv (spconv 2.x; ConvAlgo.Native on CPU)      float32, CPU too
+gsplat         rasterize_gaussians (CUDA kernels only)               CUDA float32
 ============== ===================================================== ==============
 
-``"auto"`` picks pytorch3d, then torch-cluster, for CUDA float32 tensors when
-installed, else torch. On CPU it picks torch (the accelerators' CPU kernels are
+``"auto"`` picks pytorch3d, then torch-cluster (then gsplat for the rasterizer), for CUDA
+float32 tensors when installed, else torch. On CPU it picks torch (the accelerators' CPU kernels are
 single-threaded), except for ``sparse_conv``: spconv's native CPU algorithm is 3x faster
 than the pure-torch gather-GEMM at 100k voxels and tested against it and dense conv3d.
 ``PC3D_OPS_BACKEND`` (``torch``, ``pytorch3d``, ...) replaces ``"auto"``
-everywhere; an op the named backend does not implement falls back to torch.
-Asking for an uninstalled backend, explicitly or through the variable, raises
+everywhere; an op the named backend does not implement falls back to torch, and so does a
+CUDA-only backend (gsplat) given CPU tensors. Asking for an uninstalled backend, explicitly or
+through the variable, or for gsplat on CPU tensors explicitly, raises
 :class:`pc3d.errors.ConfigError`.
 """
 
@@ -35,7 +37,7 @@ from pc3d.errors import ConfigError
 
 ENV_VAR = "PC3D_OPS_BACKEND"
 
-BACKENDS: tuple[str, ...] = ("torch", "pytorch3d", "torch_cluster", "scipy", "spconv")
+BACKENDS: tuple[str, ...] = ("torch", "pytorch3d", "torch_cluster", "scipy", "spconv", "gsplat")
 
 # op name -> backends that implement it (a constant table, not a registry).
 SUPPORTED: dict[str, tuple[str, ...]] = {
@@ -44,10 +46,14 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "ball_query": ("torch", "pytorch3d"),
     "chamfer_l2": ("torch", "pytorch3d"),
     "sparse_conv": ("torch", "spconv"),
+    "rasterize_gaussians": ("torch", "gsplat"),
 }
 
 # Preference order of "auto" among the accelerators (CUDA float32 only).
-_AUTO_ORDER: tuple[str, ...] = ("pytorch3d", "torch_cluster", "spconv")
+_AUTO_ORDER: tuple[str, ...] = ("pytorch3d", "torch_cluster", "spconv", "gsplat")
+
+# backends whose kernels exist for CUDA tensors only
+_CUDA_ONLY: tuple[str, ...] = ("gsplat",)
 
 _INSTALL_HINT: dict[str, str] = {
     "pytorch3d": "build pytorch3d from its source release against the installed torch/CUDA "
@@ -55,11 +61,12 @@ _INSTALL_HINT: dict[str, str] = {
     "torch_cluster": "pip install torch-cluster (a wheel matching the installed torch/CUDA)",
     "scipy": "pip install scipy",
     "spconv": "pip install spconv-cu120==2.3.6 (Python <= 3.11) or spconv-cu126==2.3.8 (see README, GPU install)",
+    "gsplat": "pip install gsplat==1.5.3 (its CUDA kernels compile on first use)",
 }
 
 # import name of each optional backend
 _MODULE: dict[str, str] = {"pytorch3d": "pytorch3d", "torch_cluster": "torch_cluster", "scipy": "scipy",
-                           "spconv": "spconv"}
+                           "spconv": "spconv", "gsplat": "gsplat"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,6 +119,11 @@ def resolve_backend(name: str, op: str, tensor: torch.Tensor) -> str:
             return "torch"
         raise ConfigError(f"{where}: {op} is not implemented by {name}; "
                           f"available: {list(SUPPORTED[op])}")
+    if name in _CUDA_ONLY and not tensor.is_cuda:
+        if from_env:
+            return "torch"
+        raise ConfigError(f"{where}: {name} runs on CUDA tensors only, got {tensor.device} "
+                          "(use backend='torch' or 'auto')")
     if not is_installed(name):
         raise ConfigError(f"{where}: {name} is not installed; to install: "
                           f"{_INSTALL_HINT[name]} (or use backend='torch')")
