@@ -101,12 +101,13 @@ def read_room(room: str | os.PathLike, *, normals_k: int = 16) -> Scene:
         tables.append(table)
         segments.append(np.full(len(table), S3DIS_CLASSES.index(name), dtype=np.int64))
         instances.append(np.full(len(table), index, dtype=np.int64))
-    points = np.concatenate(tables)
-    coord = points[:, :3].astype(np.float32)
-    scene = Scene(f"{room.parent.name}_{room.name}", coord, points[:, 3:].astype(np.float32),
-                  estimate_normals(coord, normals_k), np.concatenate(segments), np.concatenate(instances))
+    table = np.concatenate(tables)
+    points = table[:, :3].astype(np.float32)
+    scene = Scene(f"{room.parent.name}_{room.name}", points, (table[:, 3:] / 255.0).astype(np.float32),
+                  estimate_normals(points, normals_k), np.concatenate(segments), np.concatenate(instances))
     where = room / "Annotations"
-    check_scene(scene, dict.fromkeys(("coord", "color", "normal", "segment", "instance"), where), len(S3DIS_CLASSES))
+    check_scene(scene, dict.fromkeys(("points", "colors", "normals", "segment", "instance"), where),
+                len(S3DIS_CLASSES))
     return scene
 
 

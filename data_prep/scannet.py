@@ -11,7 +11,7 @@ Accepted source layouts (the first that matches):
       vertices when ``axis_align`` (as the VoteNet/mmdetection3d preprocessing does);
 
     plus ``scannetv2-labels.combined.tsv`` (columns ``raw_category`` and ``nyu40id``), found in SRC
-    or given as ``labels_tsv``. Per vertex: colour 0..255, the area-weighted mesh normal (faces'
+    or given as ``labels_tsv``. Per vertex: colour (0..255 in the file, [0, 1] prepared), the area-weighted mesh normal (faces'
     winding; vertices on no face get an estimated normal), segment = NYU40 id of its object's raw
     label mapped to ScanNet-20 (unannotated vertices -1), instance = ``objectId`` (-1 = none), and
     ``bbox.npy``: the min/max box of every object whose NYU40 id is a ScanNet detection class, in
@@ -194,19 +194,19 @@ def read_raw_scene(scene_dir: str | os.PathLike, label_map: dict[str, int], *, n
         mask = np.isin(seg_ids, np.asarray(segments, dtype=np.int64))
         nyu40[mask], instance[mask] = label_map[label], object_id
         objects.append((object_id, label_map[label]))
-    coord = vertices.astype(np.float32)
-    normal = mesh_vertex_normals(vertices, faces)
-    bare = np.linalg.norm(normal, axis=1) == 0
+    points = vertices.astype(np.float32)
+    normals = mesh_vertex_normals(vertices, faces)
+    bare = np.linalg.norm(normals, axis=1) == 0
     if bare.any():  # vertices on no face: PCA normals of the whole scan
-        normal[bare] = estimate_normals(coord, normals_k)[bare]
-    scene = Scene(scene_dir.name, coord, colors, normal, nyu40_to_scannet20(nyu40), instance)
-    check_scene(scene, {"coord": files["ply"], "color": files["ply"], "normal": files["ply"],
+        normals[bare] = estimate_normals(points, normals_k)[bare]
+    scene = Scene(scene_dir.name, points, colors / np.float32(255.0), normals, nyu40_to_scannet20(nyu40), instance)
+    check_scene(scene, {"points": files["ply"], "colors": files["ply"], "normals": files["ply"],
                         "segment": files["aggregation"], "instance": files["aggregation"]}, len(SCANNET20_CLASSES))
     boxes = []
     for object_id, nyu in sorted(set(objects)):
-        points = coord[instance == object_id]
-        if nyu in SCANNET_NYU40_IDS and len(points):
-            lo, hi = points.min(axis=0), points.max(axis=0)
+        members = points[instance == object_id]
+        if nyu in SCANNET_NYU40_IDS and len(members):
+            lo, hi = members.min(axis=0), members.max(axis=0)
             boxes.append([*(lo + hi) / 2, *(hi - lo), nyu])
     return scene, np.asarray(boxes, dtype=np.float32).reshape(-1, 7)
 

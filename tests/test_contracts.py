@@ -85,7 +85,7 @@ def test_dense_grid_encoder_runs_the_scene_probe(shared_data):
     # a point's fine feature is its own cell's: same cell → same trilinear neighbourhood weights differ,
     # but nearest sampling gives identical rows for points of one cell
     nearest = scene_point_features(encoder, val[0], interpolation="nearest")
-    cells = np.floor((val[0].coord - val[0].coord.min(0)) / 0.1).astype(np.int64)
+    cells = np.floor((val[0].points - val[0].points.min(0)) / 0.1).astype(np.int64)
     _, first, inverse = np.unique(cells, axis=0, return_index=True, return_inverse=True)
     torch.testing.assert_close(nearest[:, :16], nearest[first[inverse.ravel()], :16])
     metrics = run_scene_probe(encoder, train, val, ["c%d" % i for i in range(20)], "linear", steps=100)

@@ -160,8 +160,8 @@ def test_pcd_round_trip(tmp_path: Path, data: str) -> None:
     p = write_pcd(tmp_path / f"c_{data}.pcd", XYZ, data, rgb8=RGB8, normals=NORMALS)
     pc = read_points(p)
     assert isinstance(pc, PointCloud)
-    assert pc.xyz.dtype == np.float32 and pc.xyz.shape == (50, 3)
-    np.testing.assert_allclose(pc.xyz, XYZ, rtol=1e-6, atol=1e-6)
+    assert pc.points.dtype == np.float32 and pc.points.shape == (50, 3)
+    np.testing.assert_allclose(pc.points, XYZ, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(pc.colors, RGB8 / 255.0, atol=1e-6)
     np.testing.assert_allclose(pc.normals, NORMALS, atol=1e-6)
 
@@ -171,7 +171,7 @@ def test_pcd_uint_rgb_and_xyz_only(tmp_path: Path) -> None:
     np.testing.assert_allclose(pc.colors, RGB8 / 255.0, atol=1e-6)
     pc = read_pcd(write_pcd(tmp_path / "plain.pcd", XYZ, "ascii"))
     assert pc.colors is None and pc.normals is None
-    np.testing.assert_allclose(pc.xyz, XYZ, atol=1e-6)
+    np.testing.assert_allclose(pc.points, XYZ, atol=1e-6)
 
 
 def test_pcd_lzf_back_reference(tmp_path: Path) -> None:
@@ -185,17 +185,17 @@ def test_pcd_lzf_back_reference(tmp_path: Path) -> None:
     p = write_pcd(tmp_path / "lzf.pcd", np.zeros((2, 3), np.float32), "binary_compressed",
                   payload=struct.pack("<II", len(comp), len(soa)) + comp)
     pc = read_pcd(p)
-    np.testing.assert_array_equal(pc.xyz, [[1.5, -2.0, 3.25], [1.5, -2.0, 3.25]])
+    np.testing.assert_array_equal(pc.points, [[1.5, -2.0, 3.25], [1.5, -2.0, 3.25]])
 
 
 def test_real_modelnet10_pcd(modelnet10_root: Path) -> None:
     path = modelnet10_root / "chair" / "train" / "chair_0001.pcd"
     pc = read_points(path)
-    assert pc.xyz.shape == (1024, 3) and pc.xyz.dtype == np.float32
-    assert np.isfinite(pc.xyz).all()
+    assert pc.points.shape == (1024, 3) and pc.points.dtype == np.float32
+    assert np.isfinite(pc.points).all()
     raw = path.read_bytes()
-    np.testing.assert_array_equal(pc.xyz.ravel(), np.frombuffer(raw[-1024 * 12:], "<f4"))
-    assert np.ptp(pc.xyz, axis=0).min() > 0
+    np.testing.assert_array_equal(pc.points.ravel(), np.frombuffer(raw[-1024 * 12:], "<f4"))
+    assert np.ptp(pc.points, axis=0).min() > 0
 
 
 # ----------------------------------------------------------------------------- PLY
@@ -205,7 +205,7 @@ def test_real_modelnet10_pcd(modelnet10_root: Path) -> None:
 def test_ply_point_round_trip(tmp_path: Path, text: bool) -> None:
     p = write_ply(tmp_path / "c.ply", XYZ, text, rgb8=RGB8, normals=NORMALS)
     pc = read_points(p)
-    np.testing.assert_allclose(pc.xyz, XYZ, atol=1e-6)
+    np.testing.assert_allclose(pc.points, XYZ, atol=1e-6)
     np.testing.assert_allclose(pc.colors, RGB8 / 255.0, atol=1e-6)
     np.testing.assert_allclose(pc.normals, NORMALS, atol=1e-6)
 
@@ -214,17 +214,17 @@ def test_ply_point_round_trip(tmp_path: Path, text: bool) -> None:
 def test_ply_mesh_is_sampled_on_surface(tmp_path: Path, text: bool) -> None:
     p = write_ply(tmp_path / "cube.ply", CUBE_V.astype(np.float32), text, faces=CUBE_QUADS)
     pc = read_ply(p, num_surface_points=3000, seed=3)
-    assert pc.xyz.shape == (3000, 3)
-    assert_on_cube_surface(pc.xyz)
+    assert pc.points.shape == (3000, 3)
+    assert_on_cube_surface(pc.points)
     # all 6 faces (12 triangles after fan triangulation of the quads) are covered
-    assert np.all(np.bincount(cube_face_ids(pc.xyz), minlength=6) > 300)
+    assert np.all(np.bincount(cube_face_ids(pc.points), minlength=6) > 300)
     # normals are the face normals: unit, axis-aligned
     np.testing.assert_allclose(np.linalg.norm(pc.normals, axis=1), 1.0, atol=1e-5)
     assert np.allclose(np.abs(pc.normals).max(axis=1), 1.0, atol=1e-5)
     again = read_ply(p, num_surface_points=3000, seed=3)
-    np.testing.assert_array_equal(again.xyz, pc.xyz)
+    np.testing.assert_array_equal(again.points, pc.points)
     other = read_ply(p, num_surface_points=3000, seed=4)
-    assert not np.array_equal(other.xyz, pc.xyz)
+    assert not np.array_equal(other.points, pc.points)
 
 
 def _on_mesh(points: np.ndarray, v: np.ndarray, f: np.ndarray, tol: float) -> np.ndarray:
@@ -257,9 +257,9 @@ def test_real_mesh_ply(name: str) -> None:
     f = np.stack(list(ply["face"].data["vertex_indices"]))
     assert f.shape[1] == 3  # these meshes are triangulated
     pc = read_points(path, num_surface_points=2048, seed=0)
-    assert pc.xyz.shape == (2048, 3) and np.isfinite(pc.xyz).all()
+    assert pc.points.shape == (2048, 3) and np.isfinite(pc.points).all()
     scale = float(np.ptp(v, axis=0).max())
-    assert _on_mesh(pc.xyz[:200].astype(np.float64), v, f, tol=1e-5 * scale).all()
+    assert _on_mesh(pc.points[:200].astype(np.float64), v, f, tol=1e-5 * scale).all()
 
 
 # ----------------------------------------------------------------------------- OFF
@@ -271,10 +271,10 @@ def test_off_mesh(tmp_path: Path, header: str) -> None:
     if header == "glued":
         assert p.read_text().startswith("OFF8 6 0\n")
     pc = read_points(p, num_surface_points=2000, seed=0)
-    assert pc.xyz.shape == (2000, 3)
-    assert_on_cube_surface(pc.xyz)
+    assert pc.points.shape == (2000, 3)
+    assert_on_cube_surface(pc.points)
     # area weighting over the 6 equal quads (12 triangles after fan triangulation)
-    frac = np.bincount(cube_face_ids(pc.xyz), minlength=6) / 2000
+    frac = np.bincount(cube_face_ids(pc.points), minlength=6) / 2000
     assert np.all(np.abs(frac - 1 / 6) < 0.04), frac
 
 
@@ -287,10 +287,10 @@ def test_off_with_comments_and_polygons(tmp_path: Path) -> None:
     p = tmp_path / "penta.off"
     p.write_text(text)
     pc = read_off(p, num_surface_points=500, seed=1)
-    np.testing.assert_allclose(pc.xyz[:, 2], 1.0, atol=1e-6)
-    assert (np.linalg.norm(pc.xyz[:, :2], axis=1) <= 1.0 + 1e-6).all()
+    np.testing.assert_allclose(pc.points[:, 2], 1.0, atol=1e-6)
+    assert (np.linalg.norm(pc.points[:, :2], axis=1) <= 1.0 + 1e-6).all()
     # points cover all 3 fan triangles, not just the first
-    angle = np.mod(np.arctan2(pc.xyz[:, 1], pc.xyz[:, 0]), 2 * np.pi)
+    angle = np.mod(np.arctan2(pc.points[:, 1], pc.points[:, 0]), 2 * np.pi)
     assert angle.max() > 5.0 and angle.min() < 1.0
 
 
@@ -300,7 +300,7 @@ def test_off_with_comments_and_polygons(tmp_path: Path) -> None:
 def test_npy_round_trip(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", XYZ)
     pc = read_points(tmp_path / "a.npy")
-    np.testing.assert_array_equal(pc.xyz, XYZ)
+    np.testing.assert_array_equal(pc.points, XYZ)
     assert pc.colors is None and pc.normals is None
     # xyz + rgb in 0..255 → colours / 255
     np.save(tmp_path / "b.npy", np.concatenate([XYZ, RGB8.astype(np.float32)], 1))
@@ -325,12 +325,12 @@ def test_npy_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key", ["xyz", "points", "pc", "anything"])
 def test_npz_keys(tmp_path: Path, key: str) -> None:
     np.savez(tmp_path / "a.npz", **{key: XYZ})
-    np.testing.assert_array_equal(read_points(tmp_path / "a.npz").xyz, XYZ)
+    np.testing.assert_array_equal(read_points(tmp_path / "a.npz").points, XYZ)
 
 
 def test_npz_prefers_known_key(tmp_path: Path) -> None:
     np.savez(tmp_path / "a.npz", labels=np.zeros(50), points=XYZ)
-    np.testing.assert_array_equal(read_npz(tmp_path / "a.npz").xyz, XYZ)
+    np.testing.assert_array_equal(read_npz(tmp_path / "a.npz").points, XYZ)
 
 
 def test_txt_comma_and_whitespace(tmp_path: Path) -> None:
@@ -338,12 +338,12 @@ def test_txt_comma_and_whitespace(tmp_path: Path) -> None:
     comma.write_text("\n".join(",".join(f"{x:.6f}" for x in row)
                                for row in np.concatenate([XYZ, NORMALS], 1)) + "\n")
     pc = read_txt(comma)
-    np.testing.assert_allclose(pc.xyz, XYZ, atol=1e-5)
+    np.testing.assert_allclose(pc.points, XYZ, atol=1e-5)
     np.testing.assert_allclose(pc.normals, NORMALS, atol=1e-5)
     ws = tmp_path / "ws.txt"
     ws.write_text("# x y z\n" + "\n".join("  ".join(f"{x:.6f}" for x in row) for row in XYZ) + "\n")
     pc = read_points(ws)
-    np.testing.assert_allclose(pc.xyz, XYZ, atol=1e-5)
+    np.testing.assert_allclose(pc.points, XYZ, atol=1e-5)
     assert pc.normals is None and pc.colors is None
 
 
@@ -352,7 +352,7 @@ def test_real_npz_with_colours(shared_data: Path) -> None:
     if not path.exists():
         pytest.skip(f"{path} not present")
     pc = read_points(path)
-    assert pc.xyz.shape == (50000, 3)
+    assert pc.points.shape == (50000, 3)
     assert pc.colors is not None and 0.0 <= pc.colors.min() and pc.colors.max() <= 1.0
 
 

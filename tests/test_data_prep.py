@@ -91,7 +91,7 @@ def test_prepare_small_tree(small_tree: Path, tmp_path: Path) -> None:
         assert split == (parts[1] if len(parts) == 3 else "train")
     # a 1024-point PCD is only normalised: same points, same order
     i = list(cache.names).index("chair/test/" + sorted((small_tree / "chair" / "test").iterdir())[0].name)
-    direct = read_points(small_tree / cache.names[i]).xyz
+    direct = read_points(small_tree / cache.names[i]).points
     np.testing.assert_allclose(cache.points[i], normalize_unit_sphere(direct), atol=1e-6)
     # the OFF cube is sampled on its surface: after normalisation every point still lies
     # on one of the 6 face planes (the per-axis min / max)

@@ -22,7 +22,8 @@ def points_inside(box, points):
 def test_scannet_scene_boxes_are_the_18_classes_and_enclose_their_objects():
     scene = read_scannet_scene(require_shared("scannet") / "scene0000_00")
     raw = np.load(require_shared("scannet") / "scene0000_00_bbox.npy")
-    assert scene.points.shape[1] == 6 and scene.points.dtype == np.float32
+    assert scene.points.shape[1] == 3 and scene.points.dtype == np.float32 and scene.colors.shape == scene.points.shape
+    assert 0 <= scene.colors.min() and scene.colors.max() <= 1  # rgb 0..255 in the file, [0, 1] in pc3d
     assert scene.class_names == SCANNET_CLASSES and len(SCANNET_CLASSES) == 18
     assert 0 < len(scene.boxes) <= len(raw) and (scene.boxes[:, 6] == 0).all()
     assert set(scene.labels.tolist()) <= set(range(18))

@@ -65,7 +65,7 @@ def test_loss_falls_on_real_modelnet10(modelnet10_root, tmp_path):
     files = []
     for folder in sorted(modelnet10_root.iterdir())[:4]:
         files += sorted((folder / "train").glob("*.pcd"))[:8]
-    points = np.stack([normalize_unit_sphere(read_points(f).xyz) for f in files])
+    points = np.stack([normalize_unit_sphere(read_points(f).points) for f in files])
     labels = np.zeros(len(points), dtype=np.int64)
     dataset = ObjectDataset(points, labels, num_points=512, augment=False, seed=0)
     torch.manual_seed(0)

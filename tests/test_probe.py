@@ -56,7 +56,7 @@ def test_random_init_point_vit_probe_beats_chance_on_real_modelnet10(modelnet10_
     classes = sorted(p.name for p in modelnet10_root.iterdir() if p.is_dir())
     for c, name in enumerate(classes):
         for f in sorted((modelnet10_root / name / "train").glob("*.pcd"))[:20]:
-            clouds.append(normalize_unit_sphere(read_points(f).xyz))
+            clouds.append(normalize_unit_sphere(read_points(f).points))
             labels.append(c)
     points, labels = np.stack(clouds), np.array(labels)
     torch.manual_seed(0)

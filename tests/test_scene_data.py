@@ -43,16 +43,16 @@ def test_numpy_layout_is_read_directly(shared_data):
         vert = np.load(folder / f"{scene.name}_vert_all.npy")
         sem = np.load(folder / f"{scene.name}_sem_label_all.npy")
         ins = np.load(folder / f"{scene.name}_ins_label_all.npy")
-        np.testing.assert_array_equal(scene.coord, vert[:, :3])
-        np.testing.assert_array_equal(scene.color, vert[:, 3:])
+        np.testing.assert_array_equal(scene.points, vert[:, :3])
+        np.testing.assert_allclose(scene.colors, vert[:, 3:] / 255, atol=1e-7)  # colours in [0, 1]
         np.testing.assert_array_equal(scene.segment, nyu40_to_scannet20(sem))
         np.testing.assert_array_equal(scene.instance, ins.astype(np.int64) - 1)
         assert scene.segment.dtype == scene.instance.dtype == np.int64
-        np.testing.assert_allclose(np.linalg.norm(scene.normal, axis=1), 1, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(scene.normals, axis=1), 1, atol=1e-5)
         # real labels: the floor is floor, unannotated points are ignored, chairs are chairs
         assert (scene.segment[sem == 2] == 1).all() and (scene.segment[sem == 0] == -1).all()
         assert (scene.instance[ins == 0] == -1).all() and scene.instance.max() == ins.max() - 1
-        floor_up = scene.normal[(sem == 2) & (np.abs(scene.normal[:, 2]) > 0.9), 2] > 0
+        floor_up = scene.normals[(sem == 2) & (np.abs(scene.normals[:, 2]) > 0.9), 2] > 0
         assert floor_up.mean() > 0.99
     with pytest.raises(ConfigError, match="split 'test'"):
         load_scenes(folder, "test")
@@ -87,7 +87,7 @@ def test_numpy_layout_errors_name_the_file(tmp_path, shared_data, damage, culpri
 def _scene(n: int = 50, name: str = "room") -> Scene:
     rng = np.random.default_rng(0)
     normal = rng.normal(size=(n, 3))
-    return Scene(name, rng.uniform(-2, 2, (n, 3)).astype(np.float32), rng.integers(0, 256, (n, 3)).astype(np.float32),
+    return Scene(name, rng.uniform(-2, 2, (n, 3)).astype(np.float32), (rng.integers(0, 256, (n, 3)) / 255).astype(np.float32),
                  (normal / np.linalg.norm(normal, axis=1, keepdims=True)).astype(np.float32),
                  rng.integers(-1, 20, n), rng.integers(-1, 5, n))
 
@@ -110,20 +110,20 @@ def test_prepared_folder_round_trip(tmp_path):
     (a,), (b,) = load_scenes(root, "train"), load_scenes(root, "val")
     for got, want in ((a, scenes[0]), (b, scenes[1])):
         assert got.name == want.name
-        for field in ("coord", "color", "normal", "segment", "instance"):
+        for field in ("points", "colors", "normals", "segment", "instance"):
             np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
             assert getattr(got, field).dtype == getattr(want, field).dtype
     assert scene_class_names(root) == list(SCANNET20_CLASSES)
     assert sorted(p.name for p in (root / "a").iterdir()) == [f"{f}.npy" for f in
-                                                              ("color", "coord", "instance", "normal", "segment")]
+                                                              ("colors", "instance", "normals", "points", "segment")]
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("segment", lambda s: s.segment.astype(np.int32), "expected int64 segment"),
     ("instance", lambda s: s.instance[:-1], "expected instance of shape (50,)"),
-    ("coord", lambda s: np.where(np.arange(50)[:, None] == 3, np.nan, s.coord).astype(np.float32), "NaN"),
-    ("normal", lambda s: s.normal * 2, "not unit length"),
-    ("color", lambda s: s.color + 300, "outside 0..255"),
+    ("points", lambda s: np.where(np.arange(50)[:, None] == 3, np.nan, s.points).astype(np.float32), "NaN"),
+    ("normals", lambda s: s.normals * 2, "not unit length"),
+    ("colors", lambda s: s.colors + 300 / 255, "outside [0, 1]"),
     ("segment", lambda s: np.full(50, -2, np.int64), "out of range"),
 ])
 def test_read_scene_errors_name_the_file(tmp_path, field, value, message):
@@ -132,6 +132,24 @@ def test_read_scene_errors_name_the_file(tmp_path, field, value, message):
     with pytest.raises(DataFormatError, match=f"room/{field}.npy") as info:
         read_scene(root / "room")
     assert message in str(info.value)
+
+
+def test_v1_folders_still_read_with_colours_in_0_1(tmp_path):
+    """pc3d-scenes-v1 stored coord / color (0..255) / normal; they read as points / colors in [0, 1] / normals."""
+    scene = _scene(40, "old")
+    root = tmp_path / "v1"
+    (root / "old").mkdir(parents=True)
+    for field, stem in (("points", "coord"), ("normals", "normal"), ("segment", "segment"), ("instance", "instance")):
+        np.save(root / "old" / f"{stem}.npy", getattr(scene, field))
+    np.save(root / "old" / "color.npy", np.round(scene.colors * 255).astype(np.float32))
+    manifest = {"format": "pc3d-scenes-v1", "dataset": "scannet", "class_names": list(SCANNET20_CLASSES),
+                "scenes": {"old": {"points": 40}}, "source": "test"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "splits.json").write_text(json.dumps({"train": ["old"], "val": ["old"]}))
+    (got,) = load_scenes(root, "train")
+    np.testing.assert_allclose(got.colors, scene.colors, atol=1e-7)
+    np.testing.assert_array_equal(got.points, scene.points)
+    np.testing.assert_array_equal(got.normals, scene.normals)
 
 
 def test_prepared_folder_errors(tmp_path):
@@ -143,8 +161,8 @@ def test_prepared_folder_errors(tmp_path):
     with pytest.raises(DataFormatError, match="splits.json: not valid JSON"):
         read_scene_splits(root)
     (root / "splits.json").write_text(json.dumps({"train": ["a"], "val": ["b"]}))
-    (root / "b" / "normal.npy").unlink()
-    with pytest.raises(DataFormatError, match="b/normal.npy: missing"):
+    (root / "b" / "normals.npy").unlink()
+    with pytest.raises(DataFormatError, match="b/normals.npy: missing"):
         load_scenes(root, "val")
     np.save(root / "a" / "segment.npy", np.full(50, 20, np.int64))  # 20 classes: ids 0..19
     with pytest.raises(DataFormatError, match="a/segment.npy: segment out of range"):
@@ -153,7 +171,7 @@ def test_prepared_folder_errors(tmp_path):
     with pytest.raises(DataFormatError, match="a: scene folder not found"):
         load_scenes(root, "train")
     (root / "manifest.json").write_text(json.dumps({"format": "pc3d-object-cache"}))
-    with pytest.raises(DataFormatError, match="manifest.json: not a pc3d-scenes-v1 manifest"):
+    with pytest.raises(DataFormatError, match="manifest.json: not a pc3d-scenes-v2 / pc3d-scenes-v1 manifest"):
         load_scenes(root, "train")
     (root / "manifest.json").unlink()
     with pytest.raises(DataFormatError, match="neither a prepared scene folder"):

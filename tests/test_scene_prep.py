@@ -92,7 +92,7 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
 def test_release_layout_prepared_from_a_real_scan(release, shared_data, tmp_path):
     dst = tmp_path / "prepared"
     manifest = prepare_scannet(release, dst)
-    assert manifest["format"] == "pc3d-scenes-v1" and manifest["dataset"] == "scannet"
+    assert manifest["format"] == "pc3d-scenes-v2" and manifest["dataset"] == "scannet"
     assert manifest["class_names"] == list(SCANNET20_CLASSES) and manifest["params"]["layout"] == "release"
     assert read_scene_splits(dst) == {"train": [SCANS[0]], "val": [SCANS[1]]}
     real = shared_data / "scannet"
@@ -104,8 +104,8 @@ def test_release_layout_prepared_from_a_real_scan(release, shared_data, tmp_path
         assert manifest["scenes"][name]["points"] == len(vert)
         np.testing.assert_array_equal(scene.segment, nyu40_to_scannet20(sem))
         np.testing.assert_array_equal(scene.instance, ins - 1)
-        np.testing.assert_array_equal(scene.color, vert[:, 3:])
-        np.testing.assert_allclose(scene.coord, vert[:, :3], atol=2e-5)  # scene0000_01 went through axisAlignment
+        np.testing.assert_allclose(scene.colors, vert[:, 3:] / 255, atol=1e-7)  # colours in [0, 1]
+        np.testing.assert_allclose(scene.points, vert[:, :3], atol=2e-5)  # scene0000_01 went through axisAlignment
         # boxes: the detection classes' instances, as in the real _bbox.npy
         np.testing.assert_allclose(np.load(dst / name / "bbox.npy"), np.load(real / f"{name}_bbox.npy"), atol=5e-5)
         boxes, labels = read_scannet_boxes(dst / name / "bbox.npy")
@@ -113,11 +113,11 @@ def test_release_layout_prepared_from_a_real_scan(release, shared_data, tmp_path
         np.testing.assert_array_equal(labels, real_labels)
         np.testing.assert_allclose(boxes, real_boxes, atol=5e-5)
         # normals: the faces' area-weighted normals where there are faces, PCA normals elsewhere
-        mesh = mesh_vertex_normals(scene.coord, np.arange(FACE_VERTICES).reshape(-1, 3))
+        mesh = mesh_vertex_normals(scene.points, np.arange(FACE_VERTICES).reshape(-1, 3))
         on_face = np.linalg.norm(mesh, axis=1) > 0
         assert on_face.sum() > FACE_VERTICES - 10 and not on_face[FACE_VERTICES:].any()
-        np.testing.assert_allclose(scene.normal[on_face], mesh[on_face], atol=1e-3)
-        np.testing.assert_allclose(scene.normal[~on_face], estimate_normals(scene.coord)[~on_face], atol=1e-3)
+        np.testing.assert_allclose(scene.normals[on_face], mesh[on_face], atol=1e-3)
+        np.testing.assert_allclose(scene.normals[~on_face], estimate_normals(scene.points)[~on_face], atol=1e-3)
 
 
 def test_prep_is_idempotent_and_keeps_edited_splits(release, tmp_path):
@@ -219,7 +219,7 @@ def test_numpy_layout_prepared(shared_data, tmp_path):
     assert sorted(manifest["scenes"]) == list(SCANS) and manifest["params"]["layout"] == "numpy"
     (val,) = load_scenes(dst, "val")
     direct = load_scenes(real, "val")[0]
-    for field in ("coord", "color", "normal", "segment", "instance"):
+    for field in ("points", "colors", "normals", "segment", "instance"):
         np.testing.assert_array_equal(getattr(val, field), getattr(direct, field))
     np.testing.assert_array_equal(val.segment, nyu40_to_scannet20(np.load(real / "scene0000_01_sem_label_all.npy")))
     np.testing.assert_allclose(np.load(dst / SCANS[1] / "bbox.npy"), np.load(real / "scene0000_01_bbox.npy"),
@@ -299,20 +299,20 @@ def test_s3dis_prepared(s3dis_tree, tmp_path):
     for name, tables in expected.items():
         scene = read_scene(dst / name)
         points = np.concatenate([t for _, t in tables])
-        np.testing.assert_allclose(scene.coord, points[:, :3], atol=1e-6)
-        np.testing.assert_array_equal(scene.color, points[:, 3:])
+        np.testing.assert_allclose(scene.points, points[:, :3], atol=1e-6)
+        np.testing.assert_allclose(scene.colors, points[:, 3:] / 255, atol=1e-7)
         classes = [{"stairs": "clutter"}.get(stem.split("_")[0], stem.split("_")[0]) for stem, _ in tables]
         np.testing.assert_array_equal(scene.segment, np.repeat([S3DIS_CLASSES.index(c) for c in classes], N_PART))
         np.testing.assert_array_equal(scene.instance, np.repeat(np.arange(len(tables)), N_PART))
         # orientation rule: floors up, ceilings down, walls into the room (away from the room's edges)
-        inner = ((scene.coord > 0.6) & (scene.coord < [3.4, 3.4, 2.4])).sum(axis=1) == 2  # 2 coordinates inside
+        inner = ((scene.points > 0.6) & (scene.points < [3.4, 3.4, 2.4])).sum(axis=1) == 2  # 2 coordinates inside
         for cls, want in (("floor", [0, 0, 1]), ("ceiling", [0, 0, -1]), ("wall", None)):
             sel = (scene.segment == S3DIS_CLASSES.index(cls)) & inner
             if want is None:  # wall_1 at x = 0 faces +x, wall_2 at x = 4 faces -x
-                want = np.where(scene.coord[sel, :1] < 2, [1, 0, 0], [-1, 0, 0])
+                want = np.where(scene.points[sel, :1] < 2, [1, 0, 0], [-1, 0, 0])
             if cls != "wall" or name == "Area_1_office_1":
                 assert sel.sum() > 50
-            np.testing.assert_allclose(scene.normal[sel], np.broadcast_to(want, (sel.sum(), 3)), atol=1e-3)
+            np.testing.assert_allclose(scene.normals[sel], np.broadcast_to(want, (sel.sum(), 3)), atol=1e-3)
     before = snapshot(dst)
     prepare_s3dis(src, dst)
     assert snapshot(dst) == before

@@ -98,11 +98,11 @@ def test_scene_point_features_cover_every_point(shared_data):
     encoder = SparseUNet(channels=(8, 16, 16, 16, 16), dec_channels=(16, 16, 16, 8), blocks=(1,) * 5,
                          dec_blocks=(1,) * 4, voxel_size=0.1, stem_kernel=3, window_size=32, head_dim=8)
     features = scene_point_features(encoder, scene)
-    assert features.shape == (len(scene.coord), encoder.out_channels)
+    assert features.shape == (len(scene.points), encoder.out_channels)
     assert torch.isfinite(features).all()
     # points in one finest voxel share the stride-1 nearest feature
     nearest = scene_point_features(encoder, scene, interpolation="nearest")
-    coord = torch.from_numpy(scene.coord)
+    coord = torch.from_numpy(scene.points)
     voxel = torch.floor((coord - coord.amin(0)) / 0.1).long()
     _, inverse = torch.unique(voxel, dim=0, return_inverse=True)
     first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_(0, inverse, torch.arange(len(inverse)))

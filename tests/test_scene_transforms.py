@@ -44,11 +44,11 @@ def test_augment_scan_moves_normals_with_the_points():
     rng = np.random.default_rng(0)
     xyz = np.c_[rng.uniform(0, 3, (3000, 2)), np.zeros(3000)].astype(np.float32)  # the floor, normal +z
     normal = np.tile(np.float32([0, 0, 1]), (3000, 1))
-    color = np.full((3000, 3), 100.0, np.float32)
+    color = np.full((3000, 3), 100 / 255, np.float32)  # colours in [0, 1]
     out_xyz, out_color, out_normal = augment_scan(xyz, color, normal, np.random.default_rng(2), elastic=())
     # the plane stays a plane (tilt ≤ π/32) and its normal follows: still orthogonal to the plane's spread
     centred = out_xyz - out_xyz.mean(0)
     plane_normal = np.linalg.svd(centred, full_matrices=False)[2][-1]
     assert abs(float(out_normal[0] @ plane_normal)) > 0.9999
     np.testing.assert_allclose(np.linalg.norm(out_normal, axis=1), 1.0, atol=1e-5)
-    assert 0.5 < out_color.std() / (0.05 * 255) < 1.5 and out_color.min() >= 0 and out_color.max() <= 255
+    assert 0.5 < out_color.std() / 0.05 < 1.5 and out_color.min() >= 0 and out_color.max() <= 1

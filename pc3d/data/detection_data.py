@@ -51,7 +51,8 @@ class DetectionData:
 
 
 class DetectionDataset(SampleDataset):
-    """``{"points": (num_points, 3), "gt_boxes": (K_max, 7), "gt_labels": (K_max,)}`` per scene.
+    """``{"points": (num_points, 3), "gt_boxes": (K_max, 7), "gt_labels": (K_max,)}`` per scene, plus
+    ``"colors" (num_points, 3)`` in [0, 1] when the scenes have them.
 
     Points are a random subset of the scene (with replacement only when it has fewer); with
     ``augment`` the VoteNet-style :func:`~pc3d.data.transforms.augment_scene` moves points and
@@ -79,16 +80,21 @@ class DetectionDataset(SampleDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.scenes[index]
         rng = np.random.default_rng([self.seed, self.epoch if self.augment else 0, index])
-        points, boxes = random_subsample(scene.points[:, :3], self.num_points, rng), scene.boxes
+        table = scene.points if scene.colors is None else np.concatenate([scene.points, scene.colors], axis=1)
+        table, boxes = random_subsample(table, self.num_points, rng), scene.boxes  # colours ride along
         if self.augment:
-            points, boxes = augment_scene(points, boxes, rng, flip_axes=self.flip_axes,
-                                          max_rotation=self.max_rotation, scale_range=self.scale_range)
+            table, boxes = augment_scene(table, boxes, rng, flip_axes=self.flip_axes,
+                                         max_rotation=self.max_rotation, scale_range=self.scale_range)
+        points = table[:, :3]
         gt_boxes = np.zeros((self.max_boxes, 7), dtype=np.float32)
         gt_labels = np.full(self.max_boxes, -1, dtype=np.int64)
         gt_boxes[:len(boxes)] = boxes
         gt_labels[:len(boxes)] = scene.labels
-        return {"points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
-                "gt_boxes": torch.from_numpy(gt_boxes), "gt_labels": torch.from_numpy(gt_labels)}
+        sample = {"points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
+                  "gt_boxes": torch.from_numpy(gt_boxes), "gt_labels": torch.from_numpy(gt_labels)}
+        if scene.colors is not None:
+            sample["colors"] = torch.from_numpy(np.ascontiguousarray(table[:, 3:6], dtype=np.float32))
+        return sample
 
 
 def synthetic_rooms_data(train_scenes: int = 64, val_scenes: int = 16, num_points: int = 8192,

@@ -6,7 +6,7 @@ Boxes follow the pc3d box contract (``pc3d/ops/boxes.py``): ``(K, 7)`` float32
 ScanNet (the preprocessed ``<scene>_bbox.npy`` of the VoteNet / mmdetection3d pipeline,
 ``(K, 7)`` = ``[cx, cy, cz, dx, dy, dz, nyu40_id]``, axis-aligned): the 18 benchmark classes
 are the NYU40 ids in :data:`SCANNET_NYU40_IDS`; boxes of other ids are dropped, and ``yaw = 0``.
-Points: ``<scene>_vert_all.npy`` ``(N, 6)`` xyz + rgb (0–255).
+Points: ``<scene>_vert_all.npy`` ``(N, 6)`` xyz + rgb (0–255 in the file, ``colors`` in [0, 1]).
 
 SUN RGB-D (``label/<id>.txt``, one object per line: ``class xmin ymin w2d h2d cx cy cz w l h
 ox oy``, already in upright depth coordinates like ``lidar/<id>.npz`` key ``pc`` ``(N, 6)``
@@ -41,23 +41,32 @@ SUNRGBD_CLASSES = ("bed", "table", "sofa", "chair", "toilet", "desk", "dresser",
 
 @dataclass
 class DetectionScene:
-    """One scene: ``points (N, 3+C)`` float32 (xyz first), ``boxes (K, 7)`` float32, ``labels (K,)`` int64."""
+    """One scene: ``points (N, 3)`` float32, ``colors (N, 3)`` float32 in [0, 1] or None, ``boxes (K, 7)``
+    float32, ``labels (K,)`` int64."""
 
     name: str
     points: np.ndarray
     boxes: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
+    colors: np.ndarray | None = None
 
 
-def _check_points(path: Path, points: np.ndarray) -> np.ndarray:
-    if points.ndim != 2 or points.shape[1] < 3:
-        raise DataFormatError(f"{path}: expected (N, 3+C) points, got shape {points.shape}")
-    points = np.ascontiguousarray(points, dtype=np.float32)
-    if not np.isfinite(points[:, :3]).all():
-        raise DataFormatError(f"{path}: {int((~np.isfinite(points[:, :3])).any(1).sum())} points have NaN/inf "
+def _split_points(path: Path, table: np.ndarray, color_scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(N, 3+C)`` xyz (+ rgb) of a file → ``points (N, 3)``, ``colors (N, 3)`` in [0, 1] (rgb / ``color_scale``)."""
+    if table.ndim != 2 or table.shape[1] < 3:
+        raise DataFormatError(f"{path}: expected (N, 3+C) points, got shape {table.shape}")
+    table = np.asarray(table, dtype=np.float32)
+    if not np.isfinite(table[:, :3]).all():
+        raise DataFormatError(f"{path}: {int((~np.isfinite(table[:, :3])).any(1).sum())} points have NaN/inf "
                               "coordinates (expected finite x, y, z)")
-    return points
+    colors = None
+    if table.shape[1] >= 6:
+        colors = np.ascontiguousarray(table[:, 3:6] / color_scale, dtype=np.float32)
+        if not np.isfinite(colors).all() or colors.min() < 0 or colors.max() > 1 + 1e-6:
+            raise DataFormatError(f"{path}: colours outside 0..{color_scale:g} in columns 4-6")
+        colors = np.clip(colors, 0.0, 1.0)
+    return np.ascontiguousarray(table[:, :3]), colors
 
 
 def read_scannet_boxes(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -81,9 +90,9 @@ def read_scannet_scene(prefix: str | os.PathLike) -> DetectionScene:
     """``<prefix>_vert_all.npy`` + ``<prefix>_bbox.npy`` (e.g. ``.../scannet/scene0000_00``)."""
     prefix = Path(prefix)
     vertices = Path(f"{prefix}_vert_all.npy")
-    points = _check_points(vertices, read_array(vertices))
+    points, colors = _split_points(vertices, read_array(vertices), 255.0)
     boxes, labels = read_scannet_boxes(Path(f"{prefix}_bbox.npy"))
-    return DetectionScene(prefix.name, points, boxes, labels, SCANNET_CLASSES)
+    return DetectionScene(prefix.name, points, boxes, labels, SCANNET_CLASSES, colors)
 
 
 def read_sunrgbd_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -132,4 +141,5 @@ def read_sunrgbd_frame(root: str | os.PathLike, frame: str, label_dir: str = "la
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataFormatError(f"{cloud}: not a readable .npz ({exc})") from exc
     boxes, labels = read_sunrgbd_labels(root / label_dir / f"{frame}.txt")
-    return DetectionScene(frame, _check_points(cloud, points), boxes, labels, SUNRGBD_CLASSES)
+    xyz, colors = _split_points(cloud, points, 1.0)
+    return DetectionScene(frame, xyz, boxes, labels, SUNRGBD_CLASSES, colors)

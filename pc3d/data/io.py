@@ -74,18 +74,18 @@ class PointCloud:
     """One point cloud.
 
     Attributes:
-        xyz: ``(N, 3)`` float32 coordinates, all finite, ``N >= 1``.
+        points: ``(N, 3)`` float32 coordinates, all finite, ``N >= 1``.
         colors: ``(N, 3)`` float32 RGB in ``[0, 1]`` or ``None``.
         normals: ``(N, 3)`` float32 or ``None`` (for sampled meshes: the unit normal of
             the triangle each point lies on, oriented by the face winding).
     """
 
-    xyz: np.ndarray
+    points: np.ndarray
     colors: np.ndarray | None = None
     normals: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return int(self.xyz.shape[0])
+        return int(self.points.shape[0])
 
 
 PathLike = str | os.PathLike
@@ -135,7 +135,7 @@ def _finish(path: PathLike, xyz: np.ndarray, colors: np.ndarray | None = None,
         colors = np.ascontiguousarray(colors)
     if normals is not None:
         normals = np.ascontiguousarray(np.asarray(normals, dtype=np.float32))
-    return PointCloud(xyz=xyz, colors=colors, normals=normals)
+    return PointCloud(points=xyz, colors=colors, normals=normals)
 
 
 def _unit_rows(a: np.ndarray, tol: float = 1e-2) -> bool:

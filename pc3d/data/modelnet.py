@@ -192,12 +192,12 @@ def prepare_modelnet_tree(src: str | os.PathLike, dst: str | os.PathLike, *, num
         surface_seed = int(np.random.SeedSequence(file_seed + [0]).generate_state(1)[0])
         cloud = read_points(path, num_surface_points=num_surface_points, seed=surface_seed)
         rng = np.random.default_rng(file_seed + [1])
-        xyz, up = _fit_to_count(cloud.xyz, num_points, rng)
+        xyz, up = _fit_to_count(cloud.points, num_points, rng)
         if up:
             upsampled.append(rel)
         xyz = normalize_unit_sphere(xyz)
         if not np.any(xyz):
-            raise DataFormatError(f"{path}: all {cloud.xyz.shape[0]} points coincide "
+            raise DataFormatError(f"{path}: all {cloud.points.shape[0]} points coincide "
                                   "(expected a shape with extent)")
         points[i] = xyz
         labels[i] = label

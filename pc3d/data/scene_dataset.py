@@ -57,23 +57,22 @@ class SceneViewDataset(SampleDataset):
     def __len__(self) -> int:
         return len(self.scenes) * self.repeats
 
-    def _view(self, xyz: np.ndarray, color: np.ndarray, normal: np.ndarray, rng: np.random.Generator
+    def _view(self, points: np.ndarray, colors: np.ndarray, normals: np.ndarray, rng: np.random.Generator
               ) -> dict[str, Tensor]:
         if self.augment:
-            xyz, color, normal = augment_scan(xyz, color, normal, rng, elastic=self.elastic)
-        points = torch.as_tensor(np.asarray(xyz), dtype=torch.float32)
-        features = point_input_features(self.input_features, points,
-                                        torch.as_tensor(np.asarray(color) / 255.0, dtype=torch.float32),
-                                        torch.as_tensor(np.asarray(normal), dtype=torch.float32))
+            points, colors, normals = augment_scan(points, colors, normals, rng, elastic=self.elastic)
+        points = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+        features = point_input_features(self.input_features, points, torch.as_tensor(np.asarray(colors)),
+                                        torch.as_tensor(np.asarray(normals)))
         voxels = voxelize_points(points, features, self.voxel_size)
         return {"coords": voxels["coords"], "features": voxels["features"], "point_voxel": voxels["point_voxel"]}
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         scene = self.scenes[index % len(self.scenes)]
-        keep = sphere_crop(scene.coord, self.crop_points, rng)
-        xyz, color, normal = scene.coord[keep], scene.color[keep], scene.normal[keep]
-        a, b = self._view(xyz, color, normal, rng), self._view(xyz, color, normal, rng)
+        keep = sphere_crop(scene.points, self.crop_points, rng)
+        points, colors, normals = scene.points[keep], scene.colors[keep], scene.normals[keep]
+        a, b = self._view(points, colors, normals, rng), self._view(points, colors, normals, rng)
         return {**{f"a_{k}": v for k, v in a.items()}, **{f"b_{k}": v for k, v in b.items()}}
 
     @staticmethod

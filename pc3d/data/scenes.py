@@ -1,26 +1,28 @@
 """Indoor scans with per-point labels: the :class:`Scene`, its prepared folder format and readers.
 
-A prepared scene folder (written by ``pc3d prep scannet|s3dis``; DEVELOPERS.md, "Data
-contract")::
+A prepared scene folder (written by ``pc3d prep scannet|s3dis`` through the one prepared-folder
+writer, :mod:`pc3d.data.folders`; DEVELOPERS.md, "Data contract")::
 
-    <root>/manifest.json        {"format": "pc3d-scenes-v1", "dataset": "scannet" | "s3dis",
+    <root>/manifest.json        {"format": "pc3d-scenes-v2", "dataset": "scannet" | "s3dis",
                                  "class_names": [...], "scenes": {name: {"points": N, "inputs": [...],
                                  "content_hash": sha256, ...}}, "source": str, "params": {...}, ...}
     <root>/splits.json          {"train": [names], "val": [names]} — yours to edit; re-running the
                                 prep keeps it unless force=true
-    <root>/<scene>/coord.npy    (N, 3) float32 metres, z up
-                   color.npy    (N, 3) float32 RGB in 0..255
-                   normal.npy   (N, 3) float32 unit length
+    <root>/<scene>/points.npy   (N, 3) float32 metres, z up
+                   colors.npy   (N, 3) float32 RGB in [0, 1]
+                   normals.npy  (N, 3) float32 unit length
                    segment.npy  (N,) int64 class index into class_names, -1 = unlabelled / ignored
                    instance.npy (N,) int64 object id, -1 = none
                    bbox.npy     optional (K, 7) float32 [cx, cy, cz, dx, dy, dz, nyu40_id]: axis-aligned
                                 boxes of the ScanNet detection classes, the ``<scene>_bbox.npy`` layout
                                 (read with :func:`pc3d.data.detection_scenes.read_scannet_boxes`)
 
+Folders of the earlier format ``pc3d-scenes-v1`` (``coord.npy``, ``color.npy`` in 0..255,
+``normal.npy``) are still read (colours divided by 255), and a re-run of the prep upgrades them.
 Each scene folder is replaced atomically; the manifest is written after the scenes.
 
 :func:`load_scenes` also reads a folder in the preprocessed ScanNet numpy layout
-(``<scene>_vert_all.npy`` (N, 6) xyz + rgb, ``<scene>_sem_label_all.npy`` NYU40 ids, 0 =
+(``<scene>_vert_all.npy`` (N, 6) xyz + rgb 0..255, ``<scene>_sem_label_all.npy`` NYU40 ids, 0 =
 unannotated, ``<scene>_ins_label_all.npy`` instance ids, 0 = none, optional
 ``<scene>_bbox.npy``) directly, converting in memory (normals estimated, NYU40 → ScanNet-20,
 instance ``id - 1``) with the default split of :func:`default_splits`.
@@ -28,9 +30,7 @@ instance ``id - 1``) with the default split of :func:`default_splits`.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,12 +38,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pc3d.data.detection_scenes import SCANNET_NYU40_IDS
+from pc3d.data.folders import FolderItem, read_format_manifest, read_splits, write_prepared_folder
 from pc3d.data.io import read_array, read_json
 from pc3d.errors import ConfigError, DataFormatError
-from pc3d.utils.atomic import atomic_replace_dir, atomic_write, atomic_write_json
-from pc3d.utils.progress import get_logger, progress
+from pc3d.utils.atomic import atomic_replace_dir, atomic_write
 
-__all__ = ["SCANNET20_CLASSES", "SCANNET20_NYU40_IDS", "S3DIS_CLASSES", "SCENE_FORMAT", "SCENE_FIELDS", "Scene",
+__all__ = ["SCANNET20_CLASSES", "SCANNET20_NYU40_IDS", "S3DIS_CLASSES", "SCENE_FORMAT", "SCENE_FORMAT_V1",
+           "SCENE_FIELDS", "Scene",
            "SceneSource", "nyu40_to_scannet20", "check_scene", "default_splits", "write_scene", "read_scene",
            "read_scene_manifest", "read_scene_splits", "read_json", "scene_class_names", "load_scenes",
            "find_scannet_numpy_scenes", "read_scannet_numpy_scene", "write_scene_folder"]
@@ -55,15 +56,18 @@ SCANNET20_CLASSES = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table"
 SCANNET20_NYU40_IDS = (1, 2, *SCANNET_NYU40_IDS)
 S3DIS_CLASSES = ("ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa", "bookcase",
                  "board", "clutter")
-SCENE_FORMAT = "pc3d-scenes-v1"
-#: the per-point arrays of a prepared scene: file stem → (columns or None for (N,), dtype)
+SCENE_FORMAT = "pc3d-scenes-v2"
+SCENE_FORMAT_V1 = "pc3d-scenes-v1"
+#: the per-point arrays of a scene (attribute = file stem): columns (None for (N,)) and dtype
 SCENE_FIELDS: dict[str, tuple[int | None, type]] = {
-    "coord": (3, np.float32), "color": (3, np.float32), "normal": (3, np.float32),
+    "points": (3, np.float32), "colors": (3, np.float32), "normals": (3, np.float32),
     "segment": (None, np.int64), "instance": (None, np.int64)}
+#: v1 file stem of each field (colours were stored in 0..255)
+_V1_FILES = {"points": "coord", "colors": "color", "normals": "normal", "segment": "segment", "instance": "instance"}
 
 _NYU40_TO_20 = np.full(41, -1, dtype=np.int64)
 _NYU40_TO_20[list(SCANNET20_NYU40_IDS)] = np.arange(len(SCANNET20_NYU40_IDS))
-_log = get_logger("pc3d.data")
+
 
 
 def nyu40_to_scannet20(ids: np.ndarray) -> np.ndarray:
@@ -75,40 +79,40 @@ def nyu40_to_scannet20(ids: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Scene:
-    """One scan. ``coord (N, 3)`` float32 metres, ``color (N, 3)`` float32 0..255, ``normal (N, 3)``
+    """One scan. ``points (N, 3)`` float32 metres, ``colors (N, 3)`` float32 in [0, 1], ``normals (N, 3)``
     float32 unit, ``segment (N,)`` int64 (-1 = ignore), ``instance (N,)`` int64 (-1 = none)."""
 
     name: str
-    coord: np.ndarray
-    color: np.ndarray
-    normal: np.ndarray
+    points: np.ndarray
+    colors: np.ndarray
+    normals: np.ndarray
     segment: np.ndarray
     instance: np.ndarray
 
     def __len__(self) -> int:
-        return int(self.coord.shape[0])
+        return int(self.points.shape[0])
 
 
 def check_scene(scene: Scene, files: dict[str, Path | str], num_classes: int | None = None) -> None:
     """Validate shapes, dtypes and values; a problem raises DataFormatError naming ``files[field]``."""
-    n = scene.coord.shape[0] if scene.coord.ndim == 2 else -1
+    n = scene.points.shape[0] if scene.points.ndim == 2 else -1
     for field, (cols, dtype) in SCENE_FIELDS.items():
         arr, where = getattr(scene, field), files[field]
         shape = (n,) if cols is None else (n, cols)
-        if field == "coord" and (arr.ndim != 2 or arr.shape[1] != 3 or n == 0):
+        if field == "points" and (arr.ndim != 2 or arr.shape[1] != 3 or n == 0):
             raise DataFormatError(f"{where}: expected (N, 3) coordinates with N >= 1, got shape {arr.shape}")
         if arr.shape != shape:
             raise DataFormatError(f"{where}: expected {field} of shape {shape} (one per point of "
-                                  f"{Path(files['coord']).name}), got {arr.shape}")
+                                  f"{Path(files['points']).name}), got {arr.shape}")
         if arr.dtype != dtype:
             raise DataFormatError(f"{where}: expected {np.dtype(dtype)} {field}, got {arr.dtype}")
         if cols is not None and not np.isfinite(arr).all():
             raise DataFormatError(f"{where}: {int((~np.isfinite(arr)).any(axis=1).sum())} points have NaN/inf {field}")
-    if scene.color.min() < 0 or scene.color.max() > 255:
-        raise DataFormatError(f"{files['color']}: colours outside 0..255 (range {scene.color.min():g}.."
-                              f"{scene.color.max():g})")
-    if np.abs(np.linalg.norm(scene.normal, axis=1) - 1).max() > 1e-3:
-        raise DataFormatError(f"{files['normal']}: normals are not unit length")
+    if scene.colors.min() < 0 or scene.colors.max() > 1:
+        raise DataFormatError(f"{files['colors']}: colours outside [0, 1] (range {scene.colors.min():g}.."
+                              f"{scene.colors.max():g})")
+    if np.abs(np.linalg.norm(scene.normals, axis=1) - 1).max() > 1e-3:
+        raise DataFormatError(f"{files['normals']}: normals are not unit length")
     for field, high in (("segment", num_classes), ("instance", None)):
         arr = getattr(scene, field)
         if arr.min() < -1 or (high is not None and arr.max() >= high):
@@ -149,28 +153,32 @@ def write_scene(path: str | os.PathLike, scene: Scene, bbox: np.ndarray | None =
 
 
 def read_scene(path: str | os.PathLike, num_classes: int | None = None) -> Scene:
-    """Read and validate one prepared scene folder (``coord.npy``, ``color.npy``, ... ; see the module doc)."""
+    """Read and validate one prepared scene folder (``points.npy``, ``colors.npy``, ... ; see the module doc).
+
+    A folder of the v1 format (``coord.npy``, ``color.npy`` in 0..255, ``normal.npy``) is read too.
+    """
     path = Path(path)
     if not path.is_dir():
         expected = ", ".join(f"{field}.npy" for field in SCENE_FIELDS)
         raise DataFormatError(f"{path}: scene folder not found (expected {expected})")
-    files = {field: path / f"{field}.npy" for field in SCENE_FIELDS}
+    v1 = not (path / "points.npy").is_file() and (path / "coord.npy").is_file()
+    files = {field: path / f"{_V1_FILES[field] if v1 else field}.npy" for field in SCENE_FIELDS}
     for file in files.values():
         if not file.is_file():
             raise DataFormatError(f"{file}: missing from the prepared scene")
-    scene = Scene(path.name, **{field: read_array(file) for field, file in files.items()})
+    arrays = {field: read_array(file) for field, file in files.items()}
+    if v1 and arrays["colors"].dtype.kind == "f":
+        arrays["colors"] = (arrays["colors"] / np.float32(255.0)).astype(arrays["colors"].dtype)
+    scene = Scene(path.name, **arrays)
     check_scene(scene, files, num_classes)
     return scene
 
 
 def read_scene_manifest(root: str | os.PathLike) -> dict[str, Any]:
-    """Parse and check ``<root>/manifest.json`` of a prepared scene folder."""
+    """Parse and check ``<root>/manifest.json`` of a prepared scene folder (v2, or v1)."""
     path = Path(root) / "manifest.json"
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or manifest.get("format") != SCENE_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise DataFormatError(f"{path}: not a {SCENE_FORMAT} manifest (format={found!r}; prepare scenes with "
-                              "`pc3d prep scannet|s3dis`)")
+    manifest = read_format_manifest(root, (SCENE_FORMAT, SCENE_FORMAT_V1),
+                                    hint="prepare scenes with `pc3d prep scannet|s3dis`")
     classes, scenes = manifest.get("class_names"), manifest.get("scenes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise DataFormatError(f"{path}: 'class_names' must be a non-empty list of names")
@@ -182,19 +190,7 @@ def read_scene_manifest(root: str | os.PathLike) -> dict[str, Any]:
 
 def read_scene_splits(root: str | os.PathLike) -> dict[str, list[str]]:
     """``<root>/splits.json`` → ``{split: [scene names]}``; every name must be a scene of the manifest."""
-    root = Path(root)
-    scenes = read_scene_manifest(root)["scenes"]
-    path = root / "splits.json"
-    splits = read_json(path)
-    if not isinstance(splits, dict) or not all(isinstance(v, list) and all(isinstance(n, str) for n in v)
-                                               for v in splits.values()):
-        raise DataFormatError(f"{path}: expected {{\"train\": [scene names], \"val\": [scene names]}}")
-    for split, names in splits.items():
-        unknown = [n for n in names if n not in scenes]
-        if unknown:
-            raise DataFormatError(f"{path}: split {split!r} names scenes that are not in manifest.json: "
-                                  f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
-    return splits
+    return read_splits(root, list(read_scene_manifest(root)["scenes"]))
 
 
 def find_scannet_numpy_scenes(folder: str | os.PathLike) -> list[Path]:
@@ -231,10 +227,13 @@ def read_scannet_numpy_scene(prefix: str | os.PathLike, normals_k: int = 16,
         raise DataFormatError(f"{vert_file}: {int((~np.isfinite(vert)).any(axis=1).sum())} points have NaN/inf values")
     segment = nyu40_to_scannet20(_integer_labels(sem_file, vert.shape[0]))
     instance = _integer_labels(ins_file, vert.shape[0]) - 1
-    coord = np.ascontiguousarray(vert[:, :3], dtype=np.float32)
-    scene = Scene(Path(prefix).name, coord, np.ascontiguousarray(vert[:, 3:6], dtype=np.float32),
-                  estimate_normals(coord, normals_k, normals_backend), segment, instance)
-    check_scene(scene, {"coord": vert_file, "color": vert_file, "normal": vert_file, "segment": sem_file,
+    points = np.ascontiguousarray(vert[:, :3], dtype=np.float32)
+    colors = np.ascontiguousarray(vert[:, 3:6] / 255.0, dtype=np.float32)
+    if colors.min() < 0 or colors.max() > 1:
+        raise DataFormatError(f"{vert_file}: colours outside 0..255 in columns 4-6")
+    scene = Scene(Path(prefix).name, points, colors, estimate_normals(points, normals_k, normals_backend), segment,
+                  instance)
+    check_scene(scene, {"points": vert_file, "colors": vert_file, "normals": vert_file, "segment": sem_file,
                         "instance": ins_file}, len(SCANNET20_CLASSES))
     bbox = None
     if bbox_file.is_file():
@@ -308,100 +307,30 @@ class SceneSource:
     convert: Callable[[], tuple[Scene, np.ndarray | None]]
 
 
-def _listing(files: Sequence[Path], base: Path) -> list[list[Any]]:
-    """``[[path relative to base (else absolute), size, mtime_ns], ...]`` of ``files``."""
-    out = []
-    for f in files:
-        f, st = Path(os.path.abspath(f)), f.stat()
-        out.append([f.relative_to(base).as_posix() if f.is_relative_to(base) else str(f), int(st.st_size),
-                    int(st.st_mtime_ns)])
-    return out
+def _write_entry(dst: Path, name: str, payload: tuple[Scene, np.ndarray | None]) -> dict[str, Any]:
+    scene, bbox = payload
+    write_scene(dst / name, scene, bbox)
+    entry: dict[str, Any] = {"points": len(scene)}
+    if bbox is not None:
+        entry["boxes"] = int(bbox.shape[0])
+    return entry
 
 
-def _hash_files(files: Sequence[Path]) -> str:
-    hasher = hashlib.sha256()
-    for f in files:
-        hasher.update(f.name.encode("utf-8") + b"\0")
-        with open(f, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                hasher.update(block)
-    return hasher.hexdigest()
-
-
-def _previous_manifest(dst: Path) -> dict[str, Any] | None:
-    """The manifest of an earlier prep into ``dst``; ``None`` if there is none or it is unusable.
-
-    A ``manifest.json`` of something else (an object cache, an unreadable file) is never overwritten.
-    """
-    path = dst / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        found = read_json(path)
-    except DataFormatError:
-        found = None
-    if not isinstance(found, dict) or found.get("format") != SCENE_FORMAT:
-        raise ConfigError(f"dst {dst} already holds a manifest.json that is not a {SCENE_FORMAT} manifest; "
-                          "choose another dst (or remove that folder)")
-    try:
-        return read_scene_manifest(dst)
-    except DataFormatError as exc:
-        _log.warning("rebuilding: the previous manifest is unusable (%s)", exc)
-        return None
+def _entry_files(dst: Path, name: str, entry: dict[str, Any]) -> list[Path]:
+    return [dst / name / f"{f}.npy" for f in (*SCENE_FIELDS, *(["bbox"] if "boxes" in entry else []))]
 
 
 def write_scene_folder(dst: str | os.PathLike, sources: Sequence[SceneSource], *, dataset: str,
                        class_names: Sequence[str], source: str | os.PathLike, params: dict[str, Any],
                        splits: dict[str, list[str]], force: bool = False) -> dict[str, Any]:
-    """Write (or bring up to date) the prepared scene folder ``dst``.
-
-    A scene is converted only if its input files (relative path, size, ``mtime_ns``), ``dataset``,
-    ``class_names``, ``source`` or ``params`` changed since the previous run, or its folder is
-    incomplete, or ``force``; otherwise nothing of it is rewritten. Scenes of the previous manifest
-    that are no longer in ``sources`` are removed. ``splits.json`` is written from ``splits`` only
-    if it does not exist or ``force``: a user's edit survives re-runs.
+    """Write (or bring up to date) the prepared scene folder ``dst`` (:func:`pc3d.data.folders.write_prepared_folder`).
 
     Returns:
         The manifest (written only when it changed).
     """
-    dst, base = Path(dst), Path(os.path.abspath(source))
-    old = _previous_manifest(dst)
-    setup = {"format": SCENE_FORMAT, "dataset": dataset, "class_names": list(class_names), "source": str(base),
-             "params": params}
-    reusable = {} if force or old is None or any(old.get(k) != v for k, v in setup.items()) else old["scenes"]
-    entries: dict[str, dict[str, Any]] = {}
-    for item in progress(sources, desc=f"prep {dataset}"):
-        listing = _listing(item.inputs, base)
-        prev = reusable.get(item.name)
-        files = [*SCENE_FIELDS, *(["bbox"] if prev and "boxes" in prev else [])]
-        if prev is not None and prev.get("inputs") == listing and all((dst / item.name / f"{f}.npy").is_file()
-                                                                      for f in files):
-            entries[item.name] = prev
-            continue
-        content_hash = _hash_files(item.inputs)
-        scene, bbox = item.convert()
-        write_scene(dst / item.name, scene, bbox)
-        entries[item.name] = {"points": len(scene), "inputs": listing, "content_hash": content_hash}
-        if bbox is not None:
-            entries[item.name]["boxes"] = int(bbox.shape[0])
-    for stale in sorted(set(old["scenes"] if old else ()) - set(entries)):  # only folders this prep made
-        if (dst / stale).is_dir() and (dst / stale).resolve().parent == dst.resolve():
-            shutil.rmtree(dst / stale)
-    manifest = {**setup, "scenes": entries}
-    if manifest != old:
-        atomic_write_json(dst / "manifest.json", manifest)
-    split_file = dst / "splits.json"
-    if force or not split_file.is_file():
-        atomic_write_json(split_file, splits)
-    else:
-        try:
-            listed = {name for names in read_scene_splits(dst).values() for name in names}
-        except DataFormatError as exc:
-            _log.warning("kept your splits.json, but it does not fit the scenes: %s (fix it, or re-run the prep "
-                         "with force=true to reset it)", exc)
-        else:
-            missing = sorted(set(entries) - listed)
-            if missing:
-                _log.warning("%s keeps your splits; %d scene(s) are in no split: %s", split_file, len(missing),
-                             ", ".join(missing[:5]))
-    return manifest
+    setup = {"format": SCENE_FORMAT, "dataset": dataset, "class_names": list(class_names),
+             "source": str(Path(os.path.abspath(source))), "params": params}
+    items = [FolderItem(item.name, item.inputs, item.convert) for item in sources]
+    return write_prepared_folder(dst, items, setup=setup, write=_write_entry, outputs=_entry_files,
+                                 location=lambda root, name: root / name, read_manifest=read_scene_manifest,
+                                 splits=splits, force=force, accepted_formats=(SCENE_FORMAT_V1,))

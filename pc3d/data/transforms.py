@@ -39,25 +39,27 @@ def normalize_unit_sphere(xyz: np.ndarray) -> np.ndarray:
     return centred.astype(np.float32)
 
 
-def random_subsample(xyz: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def random_subsample(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Pick ``n`` points at random: without replacement if ``N >= n``, else with replacement.
 
     Args:
-        xyz: ``(N, 3)`` points (``N >= 1``).
+        points: ``(N, 3+C)`` points, xyz first (extra columns such as colours ride along), ``N >= 1``.
         n: number of points wanted.
-        rng: source of randomness.
+        rng: source of randomness (the draw depends on ``N`` and ``n`` only).
 
     Returns:
-        ``(n, 3)`` float32, in random order.
+        ``(n, 3+C)`` float32, in random order.
     """
-    xyz = _check_xyz(xyz)
-    count = xyz.shape[0]
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise ValueError(f"expected points of shape (N, 3+C), got {tuple(points.shape)}")
+    count = points.shape[0]
     if count == 0:
         raise ValueError("cannot subsample an empty point cloud")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     idx = rng.choice(count, size=n, replace=count < n)
-    return np.ascontiguousarray(xyz[idx], dtype=np.float32)
+    return np.ascontiguousarray(points[idx], dtype=np.float32)
 
 
 def scale_and_translate(xyz: np.ndarray, rng: np.random.Generator, scale_low: float = 2.0 / 3.0,
@@ -174,7 +176,7 @@ def elastic_distortion(xyz: np.ndarray, rng: np.random.Generator, granularity: f
     return xyz + field(xyz).astype(xyz.dtype) * magnitude
 
 
-def augment_scan(xyz: np.ndarray, color: np.ndarray, normal: np.ndarray, rng: np.random.Generator, *,
+def augment_scan(points: np.ndarray, colors: np.ndarray, normals: np.ndarray, rng: np.random.Generator, *,
                  scale_range: tuple[float, float] = (0.9, 1.1), flip: bool = True,
                  elastic: tuple[tuple[float, float], ...] = ((0.2, 0.4), (0.8, 1.6)),
                  color_jitter: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,18 +184,18 @@ def augment_scan(xyz: np.ndarray, color: np.ndarray, normal: np.ndarray, rng: np
     colour jitter — Pointcept's ScanNet training augmentations.
 
     Args:
-        xyz: ``(N, 3)``; color: ``(N, 3)`` in 0..255; normal: ``(N, 3)``.
+        points: ``(N, 3)``; colors: ``(N, 3)`` in [0, 1]; normals: ``(N, 3)``.
         elastic: ``(granularity, magnitude)`` pairs applied in turn (metres), ``()`` for none.
-        color_jitter: std of additive Gaussian colour noise, as a fraction of 255.
+        color_jitter: std of additive Gaussian colour noise (colours in [0, 1]).
     Returns:
-        ``xyz, color, normal`` of the view (normals rotated and flipped with the points).
+        ``points, colors, normals`` of the view (normals rotated and flipped with the points).
     """
     rotation = random_rotation(rng)
     if flip and rng.random() < 0.5:
         rotation = np.diag([-1.0, 1.0, 1.0]) @ rotation
-    xyz = (xyz @ rotation.T * rng.uniform(*scale_range)).astype(np.float32)
-    normal = (normal @ rotation.T).astype(np.float32)
+    points = (points @ rotation.T * rng.uniform(*scale_range)).astype(np.float32)
+    normals = (normals @ rotation.T).astype(np.float32)
     for granularity, magnitude in elastic:
-        xyz = elastic_distortion(xyz, rng, granularity, magnitude)
-    color = np.clip(color + rng.normal(0.0, color_jitter * 255.0, color.shape), 0.0, 255.0).astype(np.float32)
-    return xyz, color, normal
+        points = elastic_distortion(points, rng, granularity, magnitude)
+    colors = np.clip(colors + rng.normal(0.0, color_jitter, colors.shape), 0.0, 1.0).astype(np.float32)
+    return points, colors, normals

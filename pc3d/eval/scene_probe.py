@@ -83,9 +83,9 @@ def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mo
 
 def scene_sample(scene: Scene) -> dict[str, Tensor]:
     """A scan as an encoder sample: ``points``, ``colors`` in [0, 1], ``normals``."""
-    return {"points": torch.as_tensor(np.asarray(scene.coord), dtype=torch.float32),
-            "colors": torch.as_tensor(np.asarray(scene.color) / 255.0, dtype=torch.float32),
-            "normals": torch.as_tensor(np.asarray(scene.normal), dtype=torch.float32)}
+    return {"points": torch.as_tensor(np.asarray(scene.points), dtype=torch.float32),
+            "colors": torch.as_tensor(np.asarray(scene.colors), dtype=torch.float32),
+            "normals": torch.as_tensor(np.asarray(scene.normals), dtype=torch.float32)}
 
 
 @torch.no_grad()
