@@ -41,8 +41,14 @@ Boxes are ``(N, 7)`` ``[cx, cy, cz, dx, dy, dz, yaw]`` (gravity centre, full siz
 +z); the evaluator reads them only through ``iou_fn`` (``pc3d.ops.boxes.box_iou_3d_aligned`` for
 ScanNet, ``box_iou_3d`` for SUN RGB-D), called once per (scene, class) on the detections and
 ground truth of that class. mmdet3d's ``DepthInstance3DBoxes`` store the *bottom* centre
-(``z = cz - dz / 2``) with the same sizes and yaw, and compute IoUs on float32 copies; pc3d calls
-``iou_fn`` in the dtype it is given (the common dtype of detections and ground truth).
+(``z = cz - dz / 2``) with the same sizes and yaw.
+
+**IoU precision.** pc3d calls ``iou_fn`` on float64 copies of the boxes (exact for float32 input)
+and compares its result in float64, so whether a detection clears ``t`` depends on the box values
+only, not on their dtype. mmdet3d decides on float32 IoUs (float32 boxes, float32 arithmetic): an
+IoU within float32 rounding (~3e-8) of a threshold can fall on the other side there. Example: a
+pair whose IoU is ``0.25 + 1e-9`` is a match in pc3d and not in mmdet3d, where it rounds to
+``0.25`` (``tests/test_reference_map.py`` pins both).
 
 Metric keys (stable; a threshold ``t`` is written ``round(100 * t)``), values as fractions::
 
@@ -126,7 +132,8 @@ def evaluate_detections(predictions: Sequence[SceneDetections], ground_truth: Se
         predictions: one :class:`SceneDetections` per scene.
         ground_truth: one :class:`SceneBoxes` per scene, in the same order.
         iou_thresholds: a detection matches when its IoU is strictly greater than the threshold.
-        iou_fn: ``(N, 7), (M, 7) -> (N, M)`` IoU, e.g. ``pc3d.ops.boxes.box_iou_3d``.
+        iou_fn: ``(N, 7), (M, 7) -> (N, M)`` IoU, e.g. ``pc3d.ops.boxes.box_iou_3d``; called with
+            float64 boxes, its result compared in float64.
         class_names: names of labels ``0 .. C-1``.
     Returns:
         the flat metrics ``mAP<t>``, ``recall<t>``, ``AP<t>/<class>``, ``recall<t>/<class>``.
@@ -229,9 +236,9 @@ def _score_class(matches: _ClassMatches, thresholds: list[float]) -> list[tuple[
 @torch.no_grad()
 def _class_iou(iou_fn: IouFn, det_boxes: Tensor, gt_boxes: Tensor, scene: int, name: str) -> np.ndarray:
     """``(n, m)`` float64 IoU of one scene's detections and ground truth of one class."""
-    dtype = torch.promote_types(det_boxes.dtype, gt_boxes.dtype)
-    det_boxes = det_boxes.to(dtype)
-    gt_boxes = gt_boxes.to(device=det_boxes.device, dtype=dtype)
+    # float64 whatever the input dtype: a float32 IoU can round across a threshold (module docstring)
+    det_boxes = det_boxes.to(torch.float64)
+    gt_boxes = gt_boxes.to(device=det_boxes.device, dtype=torch.float64)
     iou = iou_fn(det_boxes, gt_boxes)
     expected = (len(det_boxes), len(gt_boxes))
     if not isinstance(iou, Tensor) or tuple(iou.shape) != expected:

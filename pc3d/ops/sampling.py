@@ -16,10 +16,12 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int, backend: str =
     """Deterministic farthest point sampling, starting from index 0.
 
     Step ``i`` picks the point whose squared distance to the already chosen set is
-    largest (ties: the lowest index, like ``argmax``). Same result as pointnet2_ops
-    ``furthest_point_sample`` and pytorch3d ``sample_farthest_points(...,
-    random_start_point=False)``. Squared distances are ``dx*dx + dy*dy + dz*dz``
-    summed in that order, in float32 for half-precision inputs.
+    largest (ties: the lowest index, like ``argmax``). Same result as pytorch3d
+    ``sample_farthest_points(..., random_start_point=False)``, and as pointnet2_ops
+    ``furthest_point_sample`` (Point-MAE's) except where that kernel departs: it never
+    picks a point with ``x*x + y*y + z*z <= 1e-3`` after the first, and it breaks exact
+    ties by CUDA thread order. Squared distances are ``dx*dx + dy*dy + dz*dz`` summed in
+    that order, in float32 for half-precision inputs.
 
     Args:
         points: ``(B, N, 3)`` floating tensor.
