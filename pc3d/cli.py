@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     from pc3d.train.distributed import shutdown_distributed
+    from pc3d.train.rundir import release_run_dir
 
     try:
         _dispatch(args[0], args[1:])
@@ -127,10 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HydraException, OmegaConfBaseException) as exc:
         print(f"pc3d: config error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a fault of the machine (disk, permissions) that no reader or writer named itself
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"pc3d: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pc3d: interrupted", file=sys.stderr)
         return 130
     finally:
+        release_run_dir()
         shutdown_distributed()
     return 0
 

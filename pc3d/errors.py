@@ -20,3 +20,7 @@ class ConfigError(Pc3dError, ValueError):
 
 class CheckpointError(Pc3dError, ValueError):
     """A checkpoint is missing, corrupt or does not match the architecture."""
+
+
+class StorageError(Pc3dError, OSError):
+    """Writing failed: no space left, a read-only or unwritable location. The message names the file."""

@@ -120,7 +120,8 @@ def test_run_fewshot_metrics_and_fold_by_fold_resume(synth, tmp_path, monkeypatc
     assert calls == [fold_dir(out, 3, 2, 1)]  # only the unfinished fold trains again
     assert {k: v for k, v in resumed.items() if k != "wall_s"} == {k: v for k, v in metrics.items() if k != "wall_s"}
 
-    with pytest.raises(ConfigError, match=RESULT_FILE):  # another seed draws other folds: refuse to mix them
+    # another seed draws other folds: refused before any fold is read (the run directory names the setting)
+    with pytest.raises(ConfigError, match=r"holds a run with other settings: .*seed=1 \(the run has 0\)"):
         run_fewshot(compose("fewshot", [*args, "seed=1"]))
 
     calls.clear()

@@ -33,7 +33,30 @@ _log = get_logger("pc3d.data")
 MANIFEST = "manifest.json"
 SPLITS = "splits.json"
 
-__all__ = ["FolderItem", "MANIFEST", "SPLITS", "read_format_manifest", "read_splits", "write_prepared_folder"]
+__all__ = ["FolderItem", "MANIFEST", "SPLITS", "check_replaceable", "read_format_manifest", "read_splits",
+           "write_prepared_folder"]
+
+
+def check_replaceable(dst: str | os.PathLike, formats: Sequence[str], force: bool = False) -> None:
+    """``dst`` may be (re)written by a prep of ``formats``: it does not exist, is an empty folder, or holds
+    a manifest of one of ``formats`` (a folder pc3d prepared). Anything else — a file, a folder of other
+    things — is refused with one line, unless ``force`` (then it is replaced)."""
+    dst = Path(dst)
+    if force or not dst.exists() and not dst.is_symlink():
+        return
+    if not dst.is_dir():
+        raise ConfigError(f"dst={dst} is an existing file; choose a folder name that is free, or pass force=true "
+                          "to replace it")
+    if not any(dst.iterdir()):
+        return
+    try:
+        found = read_json(dst / MANIFEST).get("format") if (dst / MANIFEST).is_file() else None
+    except (DataFormatError, AttributeError):
+        found = None
+    if found not in formats:
+        what = (f"already holds a {MANIFEST} of another kind (format {found!r})" if found is not None
+                else f"holds files that pc3d did not prepare (no {formats[0]} {MANIFEST})")
+        raise ConfigError(f"dst={dst} {what}; choose an empty or new folder, or pass force=true to replace it")
 
 
 @dataclass
@@ -90,7 +113,7 @@ def _listing(files: Sequence[Path], base: Path) -> list[list[Any]]:
 def _hash_files(files: Sequence[Path]) -> str:
     hasher = hashlib.sha256()
     for f in files:
-        hasher.update(f.name.encode("utf-8") + b"\0")
+        hasher.update(os.fsencode(f.name) + b"\0")
         with open(f, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 hasher.update(block)
@@ -142,7 +165,8 @@ def write_prepared_folder(dst: str | os.PathLike, items: Sequence[FolderItem], *
     """
     dst, base = Path(dst), Path(os.path.abspath(setup["source"]))
     formats = (setup["format"], *accepted_formats)
-    old = _previous(dst, formats, read_manifest)
+    check_replaceable(dst, formats, force)
+    old = None if force and not (dst / MANIFEST).is_file() else _previous(dst, formats, read_manifest)
     setup = dict(setup)
     reusable = {} if force or old is None or any(old.get(k) != v for k, v in setup.items()) else old["scenes"]
     entries: dict[str, dict[str, Any]] = {}

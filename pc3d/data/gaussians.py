@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pc3d.data.io import _fail, _read_bytes
+from pc3d.data.io import _check_ply_extent, _fail, _read_bytes
 from pc3d.errors import DataFormatError
 from pc3d.utils.atomic import atomic_write
 
@@ -149,8 +149,10 @@ def read_gaussian_ply(path: PathLike) -> GaussianCloud:
     try:
         with open(path, "rb") as handle:
             ply = plyfile.PlyData.read(handle, mmap=False)
+            end = None if ply.text else handle.tell()
     except (plyfile.PlyParseError, ValueError, EOFError, struct.error, IndexError, UnicodeDecodeError) as exc:
         raise _fail(path, f"malformed PLY ({exc}); expected a 3DGS Gaussian PLY") from exc
+    _check_ply_extent(path, ply, end)
     try:
         vertex = ply["vertex"].data
     except KeyError:

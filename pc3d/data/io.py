@@ -463,6 +463,9 @@ def read_pcd(path: PathLike) -> PointCloud:
             if len(raw) - offset < need:
                 raise _fail(path, f"truncated binary PCD: {len(raw) - offset} data bytes, expected "
                                   f"{need} ({points} points x {dtype.itemsize} bytes)")
+            if len(raw) - offset > need:  # a header that undercounts its data is as wrong as a truncation
+                raise _fail(path, f"binary PCD holds {len(raw) - offset} data bytes but its header says POINTS "
+                                  f"{points} ({need} bytes of {dtype.itemsize} per point)")
             arr = np.frombuffer(raw, dtype=dtype, count=points, offset=offset)
             get = arr.__getitem__
         else:
@@ -476,6 +479,9 @@ def read_pcd(path: PathLike) -> PointCloud:
             if len(comp) < csize:
                 raise _fail(path, f"truncated binary_compressed PCD: {len(comp)} of {csize} "
                                   "compressed bytes present")
+            if len(raw) - offset - 8 > csize:
+                raise _fail(path, f"binary_compressed PCD has {len(raw) - offset - 8 - csize} bytes after the "
+                                  f"{csize} compressed bytes its header announces")
             plain = _lzf_decompress(path, comp, usize) if usize else b""
             # column-major layout: all values of field 0, then field 1, ...
             columns = {}
@@ -530,6 +536,21 @@ def _ply_colors(names: set[str], vdata: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _check_ply_extent(path: PathLike, ply: Any, binary_end: int | None) -> None:
+    """The header's element counts must cover the data exactly (plyfile reads the first N and stops)."""
+    raw = _read_bytes(path)
+    declared = sum(e.count for e in ply.elements)
+    if binary_end is not None:
+        extra = len(raw) - binary_end
+    else:
+        body = raw[raw.find(b"end_header") + len(b"end_header"):]
+        extra = sum(1 for line in body.splitlines() if line.strip()) - declared
+    if extra > 0:
+        unit = "bytes" if binary_end is not None else "lines"
+        raise _fail(path, f"PLY has {extra} {unit} of data beyond the {declared} elements its header declares "
+                          f"({', '.join(f'{e.count} {e.name}' for e in ply.elements)})")
+
+
 def read_ply(path: PathLike, *, num_surface_points: int = 8192, seed: int = 0) -> PointCloud:
     """Read an ascii or binary ``.ply``.
 
@@ -544,9 +565,11 @@ def read_ply(path: PathLike, *, num_surface_points: int = 8192, seed: int = 0) -
     try:
         with open(path, "rb") as handle:
             ply = plyfile.PlyData.read(handle, mmap=False)
+            end = None if ply.text else handle.tell()
     except (plyfile.PlyParseError, ValueError, EOFError, struct.error, IndexError,
             UnicodeDecodeError) as exc:
         raise _fail(path, f"malformed PLY ({exc}); expected a valid ascii or binary PLY") from exc
+    _check_ply_extent(path, ply, end)
     try:
         vertex = ply["vertex"]
     except KeyError:
@@ -623,7 +646,7 @@ def _read_off_mesh(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     if nv < 0 or nf < 0:
         raise _fail(path, f"negative OFF counts {nv} {nf}")
     body = rest[1:]
-    if len(body) < nv + nf:
+    if len(body) != nv + nf:
         raise _fail(path, f"OFF header count mismatch: header says {nv} vertices + {nf} faces, "
                           f"file has {len(body)} data lines")
     vlines = body[:nv]

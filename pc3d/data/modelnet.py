@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 
 from pc3d.data.io import read_points
-from pc3d.data.prepared import VALID_SPLITS, load_object_cache, read_manifest, write_object_cache
+from pc3d.data.folders import check_replaceable
+from pc3d.data.prepared import CACHE_FORMAT, VALID_SPLITS, load_object_cache, read_manifest, write_object_cache
 from pc3d.data.transforms import normalize_unit_sphere
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
@@ -131,7 +132,7 @@ def _stat_listing(src: Path, entries: list[tuple[str, int, str]]) -> list[list[A
 
 
 def _file_seed(seed: int, rel: str) -> list[int]:
-    return [int(seed), zlib.crc32(rel.encode("utf-8"))]
+    return [int(seed), zlib.crc32(os.fsencode(rel))]
 
 
 def _fit_to_count(xyz: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
@@ -158,6 +159,7 @@ def prepare_modelnet_tree(src: str | os.PathLike, dst: str | os.PathLike, *, num
         src_r, dst_r = src_p.resolve(), dst_p.resolve()
         if dst_r == src_r or src_r in dst_r.parents:
             raise ConfigError(f"dst {dst} must not be inside src {src} (it would be read as a class)")
+    check_replaceable(dst_p, (CACHE_FORMAT,), force)  # before reading anything: dst may not hold the user's files
     class_names, entries, ignored = scan_tree(src_p)
     listing = _stat_listing(src_p, entries)
     params = {"num_points": int(num_points), "num_surface_points": int(num_surface_points),
@@ -203,7 +205,7 @@ def prepare_modelnet_tree(src: str | os.PathLike, dst: str | os.PathLike, *, num
         labels[i] = label
         splits.append(split)
         names.append(rel)
-        hasher.update(rel.encode("utf-8") + b"\0")
+        hasher.update(os.fsencode(rel) + b"\0")
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 hasher.update(chunk)
@@ -223,7 +225,7 @@ def prepare_modelnet_tree(src: str | os.PathLike, dst: str | os.PathLike, *, num
         "upsampled_files": upsampled,
         "prep_seconds": round(time.perf_counter() - start, 3),
     }
-    manifest = write_object_cache(dst_p, points, labels, splits, names, class_names, manifest_extra)
+    manifest = write_object_cache(dst_p, points, labels, splits, names, class_names, manifest_extra, force=force)
     return manifest, True
 
 

@@ -84,7 +84,7 @@ def prepared_cache_for(root: Path, cache_dir: str | None, num_points: int) -> Pa
     """Where a raw tree at ``root`` is prepared: ``cache_dir`` or a folder under ``$PC3D_CACHE``."""
     if cache_dir:
         return Path(cache_dir)
-    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(os.fsencode(root.resolve())).hexdigest()[:12]
     return default_cache_root() / "prepared" / f"{root.name}-{digest}-{num_points}"
 
 

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pc3d.data.folders import check_replaceable
 from pc3d.data.io import read_json
 from pc3d.errors import DataFormatError
 from pc3d.utils.atomic import atomic_replace_dir, atomic_write, atomic_write_json
@@ -87,9 +88,10 @@ def _arrays_hash(*arrays: np.ndarray) -> str:
 
 def write_object_cache(dst: str | os.PathLike, points: np.ndarray, labels: np.ndarray,
                        splits: Sequence[str] | np.ndarray, names: Sequence[str] | np.ndarray,
-                       class_names: Sequence[str], manifest_extra: dict[str, Any] | None = None
-                       ) -> dict[str, Any]:
-    """Validate and write a cache directory atomically (replacing any previous one).
+                       class_names: Sequence[str], manifest_extra: dict[str, Any] | None = None,
+                       force: bool = False) -> dict[str, Any]:
+    """Validate and write a cache directory atomically (replacing a previous cache; anything else at ``dst``
+    only with ``force``, :func:`pc3d.data.folders.check_replaceable`).
 
     Args:
         dst: the cache directory.
@@ -111,6 +113,7 @@ def write_object_cache(dst: str | os.PathLike, points: np.ndarray, labels: np.nd
     class_names = [str(c) for c in class_names]
     where = str(dst)
     _validate(where, points, labels, splits_a, names_a, class_names)
+    check_replaceable(dst, (CACHE_FORMAT,), force)
     manifest: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,

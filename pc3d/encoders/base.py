@@ -125,6 +125,10 @@ class Encoder(nn.Module):
     def spec(self) -> EncoderSpec:
         raise NotImplementedError(f"{type(self).__name__} must declare its spec")
 
+    def validate_sample(self, sample: dict[str, Any]) -> None:
+        """Raise ``ValueError`` if a data sample cannot be this encoder's input (checked on the first
+        sample before a run writes anything; e.g. a cloud smaller than a patch)."""
+
 
 @dataclass
 class FeatureLevel:

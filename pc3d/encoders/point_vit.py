@@ -95,6 +95,15 @@ class PointViT(Encoder):
                  num_groups: int = 64, group_size: int = 32,
                  feature_layers: Sequence[int] = (), cls_token: bool = False) -> None:
         super().__init__()
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_groups", num_groups),
+                            ("group_size", group_size)):
+            if value < 1:
+                raise ValueError(f"{name}={value}: expected >= 1")
+        if depth < 0 or not 0.0 <= drop_path_rate < 1.0 or mlp_ratio <= 0:
+            raise ValueError(f"depth={depth}, drop_path_rate={drop_path_rate}, mlp_ratio={mlp_ratio}: expected "
+                             "depth >= 0, 0 <= drop_path_rate < 1, mlp_ratio > 0")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         self.embed_dim = embed_dim
         self.num_groups = num_groups
         self.group_size = group_size
@@ -123,6 +132,13 @@ class PointViT(Encoder):
         return EncoderSpec(input="points", level_channels=(self.embed_dim,) * levels, level_strides=(0.0,) * levels,
                            global_channels=2 * self.embed_dim,
                            cls_channels=self.embed_dim if self.cls_token is not None else 0)
+
+    def validate_sample(self, sample: dict) -> None:
+        points = sample.get("points")
+        if points is not None and len(points) < max(self.group_size, self.num_groups):
+            raise ValueError(f"clouds of {len(points)} points are too small for num_groups={self.num_groups} "
+                             f"patches of group_size={self.group_size} points (data.num_points must be at least "
+                             f"{max(self.group_size, self.num_groups)})")
 
     def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """``points (B, N, 3)`` → neighborhoods ``(B, G, K, 3)``, centres ``(B, G, 3)``."""

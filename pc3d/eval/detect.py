@@ -37,7 +37,7 @@ from pc3d.eval.detection import SceneBoxes, SceneDetections, evaluate_detections
 from pc3d.eval.detection_head import CenterDetectionHead, Detector
 from pc3d.ops.boxes import box_corners, box_iou_3d, box_iou_3d_aligned
 from pc3d.utils.atomic import atomic_write
-from pc3d.utils.config import to_plain
+from pc3d.utils.config import Setting, check_settings, to_plain
 from pc3d.utils.device import move_to
 
 
@@ -126,16 +126,26 @@ def token_overrides(config: dict[str, Any], detect: dict[str, Any]) -> dict[str,
     return {key: int(detect[key]) for key in ("num_groups", "group_size") if key in declared}
 
 
+DETECT_SETTINGS = {"num_groups": Setting(int, 1), "group_size": Setting(int, 1), "level": Setting(int),
+                   "hidden_dim": Setting(int, 1), "num_heading_bins": Setting(int, 1),
+                   "focal_gamma": Setting(float, 0.0), "focal_alpha": Setting(float, -1.0, 1.0),
+                   "score_threshold": Setting(float, 0.0, 1.0, open_high=True),
+                   "nms_iou": Setting(float, 0.0, 1.0, open_low=True), "max_boxes": Setting(int, 1),
+                   "bev_scenes": Setting(int, 0), "bev_score": Setting(float, 0.0, 1.0)}
+
+
 def run_detect(mode: str, cfg) -> dict[str, Any]:
     """``mode``: ``train`` or ``eval`` (see module docstring); returns the flat metrics."""
     from pc3d.hub import build_encoder, encoder_config_from_checkpoint
     from pc3d.train import Trainer
     from pc3d.train.checkpoint import latest_checkpoint
-    from pc3d.train.run import downstream_encoder, finish_run, report, resolve_device, start_run, trainer_config
+    from pc3d.train.run import (check_run, check_run_settings, check_sample, downstream_encoder, finish_run, report, resolve_device, start_run,
+                                trainer_config)
     from pc3d.utils.config import call_target, seed_everything
 
     started = time.perf_counter()
-    detect = to_plain(cfg.detect)
+    detect = check_settings("detect", cfg.detect, DETECT_SETTINGS)
+    check_run_settings(cfg)
     device = resolve_device(cfg.device)
     data = call_target(cfg.data, "data")
     if isinstance(data, SceneData):  # a scene folder that also has boxes (data=scannet)
@@ -164,7 +174,7 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
             raise CheckpointError(f"{found[0]}: detector weights do not fit this data's classes/heading "
                                   f"({str(exc).splitlines()[0]})") from exc
         init, fit = str(stored.get("init", "unknown")), {"steps": int(state["step"])}
-        out = start_run(cfg)
+        out = start_run(cfg, resumable=False)
     else:
         # patch tokens per scene are a detect setting for point-token encoders; voxel encoders keep theirs
         source = (to_plain(cfg.encoder) if str(cfg.checkpoint) == "random"
@@ -172,9 +182,11 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
         encoder, encoder_config, init = downstream_encoder(cfg, token_overrides(source, detect))
         detector = build_detector(encoder, data, detect)
         run_config = {**to_plain(cfg), "encoder": encoder_config, "init": init}
-        trainer = Trainer(detector, detection_dataset(detector, data, "train", bool(cfg.augment), int(cfg.seed)),
-                          trainer_config(cfg), cfg.out_dir, run_config=run_config)
-        out = start_run(run_config)
+        run_state = check_run(run_config)
+        train_set = detection_dataset(detector, data, "train", bool(cfg.augment), int(cfg.seed))
+        check_sample(encoder, train_set.dataset[0])
+        trainer = Trainer(detector, train_set, trainer_config(cfg), cfg.out_dir, run_config=run_config)
+        out = start_run(run_config, run_state, step=trainer.step)
         fit = trainer.fit()
     detections = detect_scenes(detector, data, detect, cfg.seed, device)
     metrics: dict[str, Any] = {"init": init, **score(data, detections), "val_scenes": len(data.val),

@@ -48,14 +48,17 @@ from torch import nn
 from pc3d.data.object_data import ObjectData
 from pc3d.data.object_dataset import ObjectDataset
 from pc3d.errors import ConfigError, DataFormatError
-from pc3d.eval.finetune import build_classifier, check_protocol, classifier_dataset, initial_encoder, predict_logits
+from pc3d.eval.finetune import (HEAD_SETTINGS, build_classifier, check_protocol, classifier_dataset, initial_encoder,
+                                predict_logits)
 from pc3d.train.checkpoint import checkpoint_dir
 from pc3d.utils.atomic import atomic_write_json
-from pc3d.utils.config import seed_everything, to_plain
+from pc3d.utils.config import Setting, seed_everything, to_plain
 from pc3d.utils.progress import get_logger
 
 log = get_logger(__name__)
 RESULT_FILE = "result.json"
+FEWSHOT_SETTINGS = {**HEAD_SETTINGS, "settings": Setting(Any), "folds": Setting(int, 1),
+                    "queries_per_class": Setting(int, 1), "keep_checkpoints": Setting(bool)}
 
 __all__ = ["FewShotFold", "RESULT_FILE", "fewshot_pools", "fold_dir", "fold_seed", "parse_settings",
            "run_fewshot", "sample_fold", "train_fold"]
@@ -218,7 +221,7 @@ def train_fold(encoder: nn.Module, fold: FewShotFold, data: ObjectData, folder: 
     support_set = ObjectDataset(data.cache.points, episode_labels, num_points=data.num_points, augment=True,
                                 seed=seed, indices=fold.support)
     settings = {**trainer_settings, "batch_size": min(int(trainer_settings["batch_size"]), len(fold.support))}
-    trainer_cfg = TrainerConfig(**settings, seed=seed, device=device, resume=resume)
+    trainer_cfg = TrainerConfig.from_settings({**settings, "seed": seed, "device": device, "resume": resume})
     fit = Trainer(model, classifier_dataset(model, support_set), trainer_cfg, folder,
                   run_config=dict(run_config or {})).fit()
     query_set = ObjectDataset(data.cache.points, episode_labels, num_points=data.num_points, augment=False,
@@ -239,12 +242,13 @@ def run_fewshot(cfg) -> dict[str, Any]:
     Every fold is drawn (and so every setting and class count validated) before anything is
     written; ``config.yaml`` and ``metrics.json`` go to ``out_dir``.
     """
-    from pc3d.train.run import finish_run, report, resolve_device, start_run
+    from pc3d.train.run import check_run_settings, check_sample, finish_run, report, resolve_device, start_run
     from pc3d.utils.config import call_target
 
     started = time.perf_counter()
     protocol = to_plain(cfg.fewshot)
     check_protocol(protocol, "fewshot")
+    check_run_settings(cfg)
     folds, queries = int(protocol["folds"]), int(protocol["queries_per_class"])
     if folds < 1:
         raise ConfigError(f"fewshot.folds must be >= 1, got {folds}")
@@ -263,7 +267,8 @@ def run_fewshot(cfg) -> dict[str, Any]:
     encoder, encoder_config, init = initial_encoder(cfg.checkpoint, cfg.encoder, cls_token=protocol["cls_token"],
                                                     seed=cfg.seed)
     run_config = {**to_plain(cfg), "encoder": encoder_config}
-    out = start_run(run_config)
+    check_sample(encoder, {"points": data.points(data.train[:1])[0]})
+    out = start_run(run_config)  # checks out_dir (a run of other settings is refused), then takes it
 
     metrics: dict[str, Any] = {"init": init, "query_split": query_split}
     trainer_settings = to_plain(cfg.trainer)

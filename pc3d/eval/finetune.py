@@ -43,7 +43,7 @@ from pc3d.eval.classifier import ObjectClassifier
 from pc3d.eval.object_probe import class_accuracies
 from pc3d.hub.encoders import build_encoder, encoder_or_random, read_encoder_checkpoint
 from pc3d.hub.weights import encoder_class, load_weights
-from pc3d.utils.config import seed_everything, to_plain
+from pc3d.utils.config import Setting, check_settings, seed_everything, to_plain
 from pc3d.utils.device import move_to
 from pc3d.utils.progress import get_logger, progress
 
@@ -191,14 +191,29 @@ def evaluate_split(model: ObjectClassifier, data: ObjectData, indices: np.ndarra
     return metrics
 
 
+#: the head and evaluation settings fine-tuning and few-shot share
+HEAD_SETTINGS = {"cls_token": Setting(bool), "hidden_dims": Setting("ints", 1), "dropout": Setting(float, 0.0, 1.0,
+                                                                                                   open_high=True),
+                 "label_smoothing": Setting(float, 0.0, 1.0, open_high=True), "eval_batch_size": Setting(int, 1)}
+FINETUNE_SETTINGS = {**HEAD_SETTINGS, "vote": Setting(bool), "vote_passes": Setting(int, 1)}
+
+
 def check_protocol(protocol: Mapping[str, Any], name: str) -> None:
-    """One-line errors for head/evaluation settings out of range (``name``: the config node)."""
-    if int(protocol["eval_batch_size"]) < 1:
+    """One-line errors for head/evaluation settings of the wrong type or out of range (``name``: the node)."""
+    from pc3d.eval.fewshot import FEWSHOT_SETTINGS
+
+    def number(key: str) -> float | None:
+        value = protocol.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    if (batch := number("eval_batch_size")) is not None and batch < 1:
         raise ConfigError(f"{name}.eval_batch_size must be >= 1, got {protocol['eval_batch_size']}")
-    if not 0.0 <= float(protocol["dropout"]) < 1.0:
+    if (dropout := number("dropout")) is not None and not 0.0 <= dropout < 1.0:
         raise ConfigError(f"{name}.dropout must be in [0, 1), got {protocol['dropout']}")
-    if any(int(width) < 1 for width in protocol["hidden_dims"]):
-        raise ConfigError(f"{name}.hidden_dims must be positive widths, got {list(protocol['hidden_dims'])}")
+    widths = protocol.get("hidden_dims")
+    if isinstance(widths, (list, tuple)) and any(isinstance(w, int) and w < 1 for w in widths):
+        raise ConfigError(f"{name}.hidden_dims must be positive widths, got {list(widths)}")
+    check_settings(name, protocol, FINETUNE_SETTINGS if name == "finetune" else FEWSHOT_SETTINGS)
 
 
 def run_finetune(cfg) -> dict[str, Any]:
@@ -208,12 +223,13 @@ def run_finetune(cfg) -> dict[str, Any]:
     ``out_dir`` once every input has been validated.
     """
     from pc3d.train import Trainer
-    from pc3d.train.run import finish_run, report, resolve_device, start_run, trainer_config
+    from pc3d.train.run import check_run, check_run_settings, check_sample, finish_run, report, resolve_device, start_run, trainer_config
     from pc3d.utils.config import call_target
 
     started = time.perf_counter()
     protocol = to_plain(cfg.finetune)
     check_protocol(protocol, "finetune")
+    check_run_settings(cfg)
     vote_passes = int(protocol["vote_passes"]) if protocol["vote"] else 0
     if protocol["vote"] and vote_passes < 1:
         raise ConfigError(f"finetune.vote_passes must be >= 1 with finetune.vote=true, got {protocol['vote_passes']}")
@@ -226,9 +242,11 @@ def run_finetune(cfg) -> dict[str, Any]:
                               seed=cfg.seed, indices=data.fit, class_names=data.class_names)
     # Checkpoints carry the encoder actually built, so load_encoder(out_dir) gives the fine-tuned encoder.
     run_config = {**to_plain(cfg), "encoder": encoder_config}
+    state = check_run(run_config)
+    check_sample(encoder, train_set[0])
     trainer = Trainer(model, classifier_dataset(model, train_set), trainer_config(cfg), cfg.out_dir,
                       run_config=run_config)
-    out = start_run(run_config)  # only once every input has been validated
+    out = start_run(run_config, state, step=trainer.step)  # only once every input has been validated
     fit = trainer.fit()
 
     metrics: dict[str, Any] = {"init": init}

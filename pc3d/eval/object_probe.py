@@ -25,6 +25,7 @@ from sklearn.svm import LinearSVC
 from pc3d.encoders.base import Encoder, max_mean_pool
 from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
+from pc3d.utils.config import Setting, check_settings
 from pc3d.utils.device import move_to
 from pc3d.utils.progress import progress
 
@@ -122,23 +123,34 @@ def svm_probe(splits: ProbeSplits, class_names: Sequence[str], *, Cs: Sequence[f
     return metrics
 
 
+PROBE_SETTINGS = {"run": Setting(str), "Cs": Setting("floats", 0.0, open_low=True), "standardize": Setting(bool),
+                  "levels": Setting(str, choices=("last", "all")), "batch_size": Setting(int, 1),
+                  "baseline": Setting(bool)}
+
+
 def probe_command(cfg) -> dict[str, Any]:
     """``pc3d probe`` (``probe=object_svm``): SVM on frozen global features, beside a random-init baseline."""
     import time
     from pathlib import Path
 
-    from pc3d.train.run import finish_run, probe_encoders, report, resolve_device, start_run
+    from pc3d.train.run import (check_run_settings, check_sample, finish_run, probe_encoders, report, resolve_device,
+                                start_run)
     from pc3d.utils.config import call_target
 
     started = time.perf_counter()
-    if cfg.probe.levels not in ("last", "all"):
-        raise ConfigError(f"probe.levels={cfg.probe.levels!r}: expected 'last' or 'all'")
-    if not cfg.probe.Cs or any(float(c) <= 0 for c in cfg.probe.Cs):
-        raise ConfigError(f"probe.Cs={list(cfg.probe.Cs)}: expected a non-empty list of positive values")
+    if cfg.probe.get("levels") not in ("last", "all"):
+        raise ConfigError(f"probe.levels={cfg.probe.get('levels')!r}: expected 'last' or 'all'")
+    if not isinstance(cfg.probe.get("Cs"), Sequence) or not cfg.probe.Cs or any(
+            isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in cfg.probe.Cs):
+        raise ConfigError(f"probe.Cs={cfg.probe.get('Cs')}: expected a non-empty list of positive values")
+    check_settings("probe", cfg.probe, PROBE_SETTINGS)
+    check_run_settings(cfg)
     device = resolve_device(cfg.device)
     data = call_target(cfg.data, "data")
     encoders = probe_encoders(cfg)
-    out = start_run(cfg)
+    for encoder in encoders.values():
+        check_sample(encoder, {"points": data.points(data.fit[:1])[0]})
+    out = start_run(cfg, resumable=False)
     order = np.concatenate([data.fit, data.val, data.test])
     bounds = np.cumsum([0, len(data.fit), len(data.val), len(data.test)])
     labels = data.labels(order)

@@ -26,6 +26,7 @@ from pc3d.encoders.base import Encoder, FeatureLevel
 from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
 from pc3d.ops.sparse_conv import voxel_keys
+from pc3d.utils.config import Setting, check_settings
 from pc3d.utils.device import move_to
 
 INTERPOLATIONS = ("trilinear", "nearest")
@@ -228,15 +229,24 @@ def run_scene_probe(encoder: Encoder, train: Sequence[Scene], val: Sequence[Scen
     return metrics
 
 
+PROBE_SETTINGS = {"run": Setting(str), "kind": Setting(str, choices=("linear", "knn")),
+                  "interpolation": Setting(str, choices=INTERPOLATIONS), "steps": Setting(int, 1),
+                  "batch_size": Setting(int, 1), "lr": Setting(float, 0.0, open_low=True),
+                  "weight_decay": Setting(float, 0.0), "k": Setting(int, 1), "bank_size": Setting(int, 1),
+                  "temperature": Setting(float, 0.0, open_low=True), "baseline": Setting(bool)}
+
+
 def probe_command(cfg) -> dict[str, Any]:
     """``pc3d probe probe=scene_linear|scene_knn``: frozen multi-level point features → mIoU, beside random init."""
     import time
 
     from pc3d.data.scene_data import SceneData
-    from pc3d.train.run import finish_run, probe_encoders, report, resolve_device, start_run
+    from pc3d.train.run import check_run_settings, finish_run, probe_encoders, report, resolve_device, start_run
     from pc3d.utils.config import call_target, to_plain
 
     started = time.perf_counter()
+    check_settings("probe", cfg.probe, PROBE_SETTINGS)
+    check_run_settings(cfg)
     device = resolve_device(cfg.device)
     data = call_target(cfg.data, "data")
     if not isinstance(data, SceneData):
@@ -245,7 +255,7 @@ def probe_command(cfg) -> dict[str, Any]:
     options = {k: v for k, v in to_plain(cfg.probe).items() if k not in ("run", "kind", "interpolation", "baseline")}
     train, val = data.scenes(data.probe_train), data.scenes(data.probe_val)
     encoders = probe_encoders(cfg)
-    out = start_run(cfg)
+    out = start_run(cfg, resumable=False)
     results = {name: run_scene_probe(encoder, train, val, data.class_names, str(cfg.probe.kind), device=device,
                                      interpolation=str(cfg.probe.interpolation), seed=int(cfg.seed), **options)
                for name, encoder in encoders.items()}

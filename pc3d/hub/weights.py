@@ -13,7 +13,7 @@ from torch import nn
 
 from pc3d.encoders.base import Encoder
 from pc3d.errors import CheckpointError
-from pc3d.train.checkpoint import one_line, read_torch_file  # noqa: F401  (re-exported for hub modules)
+from pc3d.train.checkpoint import check_tensor_types, one_line, read_torch_file  # noqa: F401  (re-exported)
 
 from pc3d.utils.config import call_target, to_plain
 
@@ -92,6 +92,7 @@ def load_weights(module: nn.Module, weights: Mapping[str, torch.Tensor], *, stri
     unexpected = sorted(show(k) for k in set(weights) - set(expected))
     mismatched = [f"{show(k)} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                   if k in weights and weights[k].shape != v.shape]
+    check_tensor_types(expected, weights, source, what, show)
     problems = []
     if missing:
         problems.append(f"missing {_listed(missing)}")

@@ -107,6 +107,10 @@ class PointMAE(PretrainingMethod):
             raise ConfigError(f"Point-MAE pretrains a point-patch ViT (encoder=point_vit), got {type(encoder).__name__}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        masked = int(mask_ratio * encoder.num_groups)
+        if not 0 < masked < encoder.num_groups:
+            raise ValueError(f"mask_ratio={mask_ratio} masks {masked} of the {encoder.num_groups} patches; it must mask "
+                             "at least one and leave at least one visible")
         if mask_type not in ("rand", "block"):
             raise ValueError(f"mask_type must be 'rand' or 'block', got {mask_type!r}")
         self.encoder = encoder

@@ -13,7 +13,7 @@ import pickle
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ CHECKPOINT_FORMAT = "pc3d-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 log = get_logger(__name__)
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 _UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
 
 
@@ -62,6 +62,25 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def check_tensor_types(expected: Mapping[str, torch.Tensor], given: Mapping[str, Any], source: str, what: str,
+                       show: Callable[[str], str] | None = None) -> None:
+    """Tensors of ``given`` must have the kind of dtype ``expected`` has (float widths may differ, integer and
+    bool types must be equal) and hold finite values: a float stored as an integer type, or NaN weights,
+    fail naming the tensor instead of loading as nonsense."""
+    show = show or (lambda key: key)
+    retyped = [f"{show(k)} is {given[k].dtype}, expected {v.dtype}" for k, v in expected.items()
+               if isinstance(given.get(k), torch.Tensor)
+               and (given[k].dtype.is_floating_point != v.dtype.is_floating_point
+                    or (not v.dtype.is_floating_point and given[k].dtype != v.dtype))]
+    if retyped:
+        listed = f"{retyped[:3]}{'...' if len(retyped) > 3 else ''}"
+        raise CheckpointError(f"{source}: {what} have the wrong type: {listed}")
+    bad = next((k for k, v in given.items() if k in expected and isinstance(v, torch.Tensor)
+                and v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{source}: {what} hold NaN/inf values (first: {show(bad)})")
+
+
 def read_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; any failure is a one-line :class:`CheckpointError`.
 
@@ -79,10 +98,11 @@ def read_torch_file(path: str | os.PathLike) -> Any:
             raise CheckpointError(f"{path}: holds pickled Python objects ({found.group(1)}) that a weights-only "
                                   "load refuses; pc3d never runs pickle code from a checkpoint") from exc
         detail = _UNPICKLER_DETAIL.search(str(exc))
-        reason = f"UnpicklingError: {detail.group(1)}" if detail else one_line(exc)
+        reason = f"UnpicklingError: {detail.group(1)[:160]}" if detail else "its pickle data is not weights-only"
         raise CheckpointError(f"{path}: not a readable torch file ({reason})") from exc
     except Exception as exc:  # torch raises many types for truncated zip / corrupt pickle data
-        raise CheckpointError(f"{path}: not a readable torch file ({one_line(exc)})") from exc
+        reason = one_line(exc) if "weights_only" not in str(exc) else "its pickle data is not weights-only"
+        raise CheckpointError(f"{path}: not a readable torch file, truncated or corrupt ({reason})") from exc
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -95,12 +115,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
-    """The newest loadable checkpoint of a run and its state; unreadable files are skipped with a warning."""
+    """The newest loadable checkpoint of a run and its state; unreadable newer files are skipped with a
+    warning (none at all when no checkpoint loads: the caller's error then says so, in one line)."""
+    skipped = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return path, load_checkpoint(path)
+            state = load_checkpoint(path)
         except CheckpointError as exc:
+            skipped.append(exc)
+            continue
+        for exc in skipped:
             log.warning("skipping unreadable checkpoint: %s", exc)
+        return path, state
     return None
 
 

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from pc3d.errors import ConfigError
 from pc3d.methods.base import PretrainingMethod
 from pc3d.train.distributed import init_distributed, main_process_first
-from pc3d.train.run import finish_run, report, start_run, trainer_config
+from pc3d.train.run import check_run, check_run_settings, check_sample, finish_run, report, start_run, trainer_config
 from pc3d.train.trainer import Trainer
 from pc3d.utils.config import call_target, seed_everything, to_plain
 
@@ -19,8 +19,10 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
 
     Metrics: ``final_loss`` (mean of the last 25 step losses), ``steps``, ``wall_s``, ``samples_per_s``.
     """
+    check_run_settings(cfg)
     init_distributed(str(cfg.device))
-    seed_everything(cfg.seed)
+    state = check_run(cfg)  # before anything is built or written: out_dir may take this run
+    seed_everything(trainer_config(cfg).seed)
     with main_process_first():
         data = call_target(cfg.data, "data")
     encoder = call_target(cfg.encoder, "encoder")
@@ -28,8 +30,9 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     if not isinstance(model, PretrainingMethod):
         raise ConfigError(f"method._target_ builds {type(model).__name__}, not a pc3d pretraining method")
     dataset = model.pretrain_dataset(data, augment=bool(cfg.augment))
+    check_sample(encoder, dataset[0])
     trainer = Trainer(model, dataset, trainer_config(cfg), cfg.out_dir, run_config=to_plain(cfg))
-    out = start_run(cfg)  # only once every input has been validated: a failed start leaves no output
+    out = start_run(cfg, state, step=trainer.step)  # only once every input has been validated
     metrics = trainer.fit()
     finish_run(out, metrics)
     report(f"pretrain: {metrics['steps']} steps, final loss {metrics['final_loss']:.5f}, "

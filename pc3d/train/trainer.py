@@ -29,13 +29,14 @@ them) and checkpoints; every rank's RNG state is stored in the checkpoint.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -43,13 +44,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pc3d.data.base import SampleDataset
-from pc3d.errors import CheckpointError, ConfigError, Pc3dError
-from pc3d.train.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from pc3d.errors import CheckpointError, ConfigError, Pc3dError, StorageError
+from pc3d.train.checkpoint import (check_tensor_types, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
+                                   rng_state, save_checkpoint)
 from pc3d.train.distributed import (DistributedContext, all_reduce_mean, barrier, broadcast_object,
                                     convert_sync_batchnorm, current_context, gather_objects)
 from pc3d.train.model import TrainableModel, param_groups
 from pc3d.train.optim import OPTIMIZERS, build_optimizer, build_scheduler
-from pc3d.utils.atomic import atomic_write
+from pc3d.utils.atomic import WRITE_ERRNOS, atomic_write, storage_error
 from pc3d.utils.config import seed_everything
 from pc3d.utils.device import move_to
 from pc3d.utils.progress import get_logger, progress
@@ -99,6 +101,69 @@ class TrainerConfig:
     device: str = "auto"
     resume: str = "auto"
 
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> "TrainerConfig":
+        """A validated config from a ``trainer`` node (+ ``seed``, ``device``, ``resume``): an unknown key, a
+        value of the wrong type or out of range is a one-line :class:`ConfigError` naming it."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(k for k in settings if k not in names)
+        if unknown:
+            hints = [f"trainer.{k}" + (f" (did you mean trainer.{close[0]}?)" if (close := difflib.get_close_matches(
+                k, names, 1)) else "") for k in unknown]
+            raise ConfigError(f"unknown key(s) {', '.join(hints)}; accepted: {', '.join(names)}")
+        config = cls(**settings)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check every value's type and range (before anything is written)."""
+        def where(name: str) -> str:
+            return name if name in ("seed", "device", "resume") else f"trainer.{name}"
+
+        def integer(name: str, low: int, optional: bool = False) -> None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where(name)}={value!r}: expected an integer >= {low}"
+                                  + (" or null" if optional else ""))
+            if value < low:
+                unit = " steps (or null: trainer.epochs decides)" if name == "max_steps" else ""
+                raise ConfigError(f"{where(name)}={value}: need >= {low}{unit}" if name != "max_steps"
+                                  else f"{where(name)}={value}: need > 0{unit}")
+
+        def number(name: str, low: float, strict: bool, high: float | None = None, optional: bool = False) -> None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{where(name)}={value!r}: expected a number {'>' if strict else '>='} {low:g}")
+            if value < low or (strict and value == low) or (high is not None and value >= high):
+                bound = f"{'>' if strict else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+                raise ConfigError(f"{where(name)}={value}: expected a number {bound}")
+
+        for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_every", 1),
+                          ("checkpoint_every", 1), ("keep_last", 0), ("artifact_every", 0), ("seed", 0)):
+            integer(name, low)
+        integer("max_steps", 1, optional=True)
+        integer("warmup_steps", 0, optional=True)
+        number("lr", 0.0, strict=True)
+        number("momentum", 0.0, strict=False, high=1.0)
+        for name in ("weight_decay", "warmup_epochs", "warmup_lr_init", "min_lr"):
+            number(name, 0.0, strict=False)
+        number("grad_clip", 0.0, strict=True, optional=True)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"trainer.optimizer={self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        for name in ("sync_batchnorm", "find_unused_parameters"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"trainer.{name}={getattr(self, name)!r}: expected true or false")
+        if not isinstance(self.compile, (bool, str)):
+            raise ConfigError(f"trainer.compile={self.compile!r}: expected true, false or a torch.compile backend")
+        if not isinstance(self.device, str) or not isinstance(self.resume, str):
+            raise ConfigError(f"device={self.device!r} / resume={self.resume!r}: expected names")
+
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -116,6 +181,10 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device={name!r} is not a torch device ({exc})") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} requested but CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} requested but this machine has no Apple MPS device; use device=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={name!r}: pc3d runs on cpu, cuda[:N] or mps")
     if device.type == "cuda" and device.index is None and current_context().enabled:
         device = torch.device("cuda", current_context().local_rank)
     return device
@@ -153,8 +222,7 @@ class Trainer:
         self.dataset = dataset
         self.context: DistributedContext = current_context()
         world = self.context.world_size
-        if config.precision not in PRECISIONS:
-            raise ConfigError(f"trainer.precision={config.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        config.validate()
         self.device = resolve_device(config.device)
         num_samples = len(dataset)  # type: ignore[arg-type]
         if num_samples == 0:
@@ -193,8 +261,6 @@ class Trainer:
             self.warmup_steps = int(config.warmup_steps)
         else:
             self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch * self.total_steps / max(planned, 1))
-        if config.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"trainer.optimizer={config.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
         self.hooks = self.model if isinstance(self.model, TrainableModel) else TrainableModel()
         groups = (self.model.param_groups(config.weight_decay) if isinstance(self.model, TrainableModel)
                   else param_groups(self.model, config.weight_decay))
@@ -221,13 +287,16 @@ class Trainer:
             "config": self.run_config,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], source: str | os.PathLike = "checkpoint") -> None:
+        if isinstance(state.get("model"), Mapping):
+            check_tensor_types(self.model.state_dict(), state["model"], str(source), "model weights")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint does not match this model/optimizer: {exc}") from exc
+            raise CheckpointError(f"{source}: does not match this model/optimizer ({mismatch_summary(self.model, state)})"
+                                  ) from exc
         self.step = int(state["step"])
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         if len(per_rank) == self.context.world_size:
@@ -252,7 +321,7 @@ class Trainer:
             state = found[1] if found else load_checkpoint(path)
         else:
             path, state = Path(mode), load_checkpoint(mode)
-        self.load_state_dict(state)
+        self.load_state_dict(state, path)
         log.info("resumed from %s at step %d", path, self.step)
 
     # ---------------------------------------------------------------- loop
@@ -317,6 +386,13 @@ class Trainer:
         self.hooks.on_optimizer_step(self.step, self.total_steps)
         return value, lr, terms
 
+    def _storage_failure(self, exc: OSError) -> StorageError:
+        what = str(exc) if isinstance(exc, StorageError) else str(storage_error(exc, Path(exc.filename or
+                                                                                           self.run_dir)))
+        found = list_checkpoints(self.run_dir)
+        last = f"the last complete checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+        return StorageError(f"{what} at step {self.step}; {last}")
+
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns ``final_loss, steps, wall_s, samples_per_s`` (global samples)."""
         from torch.utils.tensorboard import SummaryWriter
@@ -366,14 +442,21 @@ class Trainer:
                     if main:
                         loss_log.flush()
                         save_checkpoint(self.run_dir, self.step, state, cfg.keep_last)
+        except OSError as exc:  # a full or read-only disk: say so, and where the last good state is
+            if isinstance(exc, StorageError) or exc.errno in WRITE_ERRNOS:
+                raise self._storage_failure(exc) from exc
+            raise
         finally:
             bar.close()
             if main:
                 writer.close()
-                loss_log.close()
+                try:
+                    loss_log.close()
+                except OSError:
+                    pass  # the write that failed was reported above
         barrier()  # the final checkpoint exists before any rank returns
         loop_s = time.perf_counter() - loop_started
-        if not recent and loss_log_path.exists():  # resumed a finished run: report from the log
+        if main and loss_log_path.exists():  # the whole run's last steps, also across resumes
             lines = [json.loads(x) for x in loss_log_path.read_text().splitlines() if x.strip()]
             recent = [x["loss"] for x in lines[-FINAL_LOSS_WINDOW:]]
         return {
@@ -383,6 +466,21 @@ class Trainer:
             "samples_per_s": samples / loop_s if samples else 0.0,
         }
 
+
+
+def mismatch_summary(model: nn.Module, state: Mapping[str, Any]) -> str:
+    """A short account of why ``state["model"]`` does not fit ``model``: counts and the first names."""
+    stored = state.get("model") if isinstance(state.get("model"), Mapping) else {}
+    own = model.state_dict()
+    missing = [k for k in own if k not in stored]
+    unexpected = [k for k in stored if k not in own]
+    shapes = [k for k in own if k in stored and hasattr(stored[k], "shape") and tuple(stored[k].shape)
+              != tuple(own[k].shape)]
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)):
+        if names:
+            parts.append(f"{len(names)} {label}, e.g. {names[0]}")
+    return "; ".join(parts) or "optimizer or schedule state of another model"
 
 
 def seed_rank_streams(seed: int, rank: int, step: int = 0) -> None:

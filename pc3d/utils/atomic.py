@@ -4,18 +4,68 @@ Every file pc3d writes that a user may depend on (checkpoints, prepared data,
 ``metrics.json``, ``config.yaml``) goes through these functions. The pattern is
 write to a temporary sibling, ``fsync``, then ``os.replace`` (atomic on POSIX
 within one file system), then ``fsync`` the directory so the rename survives a
-crash.
+crash. Files get the permissions a plain ``open`` would give (``0666`` and folders ``0777``,
+less the umask), not the private ``0600`` / ``0700`` of ``tempfile``. A failed write (no space
+left, a read-only or unwritable location) removes its temporary and raises
+:class:`~pc3d.errors.StorageError` naming the file; the previous file is untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from pc3d.errors import StorageError
+
+_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a file, not a folder",
+            errno.EEXIST: "a file stands where a folder is needed", errno.EISDIR: "the path is a folder"}
+
+
+#: errno values of a failed write that pc3d reports as a StorageError
+WRITE_ERRNOS = frozenset(_REASONS)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def storage_error(exc: OSError, path: Path) -> StorageError:
+    """One line for a failed write of ``path``."""
+    reason = exc.strerror or _REASONS.get(exc.errno or 0, type(exc).__name__)
+    return StorageError(f"cannot write {path}: {reason}")
+
+
+def _write_failure(folder: Path) -> str:
+    """Why a write that reported no errno failed: a full device, or say that we do not know."""
+    try:
+        stats = os.statvfs(folder)
+        if stats.f_bavail * stats.f_frsize < (16 << 20):
+            return "No space left on device"
+    except OSError:
+        pass
+    return "the write failed (torch could not write the file)"
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` with a :class:`StorageError` naming the folder on failure."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise StorageError(f"cannot create folder {path}: a file stands in its place") from exc
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
+    return path
 
 
 def _fsync_dir(path: Path) -> None:
@@ -35,21 +85,32 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
 
-    If the body raises, the temporary file is removed and ``path`` is untouched.
+    If the body raises, the temporary file is removed and ``path`` is untouched. Storage faults
+    (no space, read-only, permissions) become a :class:`StorageError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in _REASONS:
+            raise storage_error(exc, path) from exc
+        if isinstance(exc, RuntimeError) and ("file write failed" in str(exc).lower()
+                                              or "inline_container" in str(exc)):
+            # torch.save reports ENOSPC as "[enforce fail at inline_container.cc] ... file write failed"
+            raise StorageError(f"cannot write {path}: {_write_failure(path.parent)}") from exc
         raise
 
 
@@ -66,11 +127,16 @@ def atomic_replace_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     Used for multi-file outputs (a prepared dataset): readers never see a mix of
     old and new files. The old directory, if any, is removed only after the new
-    one is in place.
+    one is in place. Callers decide whether ``path`` may be replaced at all
+    (:func:`pc3d.data.folders.check_replaceable`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    make_dirs(path.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
     try:
         yield tmp
         old = None
@@ -81,6 +147,8 @@ def atomic_replace_dir(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in _REASONS:
+            raise storage_error(exc, path) from exc
         raise

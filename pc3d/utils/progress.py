@@ -31,11 +31,24 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
                 disable=disable or not _progress_enabled(), file=sys.stderr, leave=False)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (it may be replaced after the handler
+    was made: by a test's capture, a notebook, a redirect)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # set by StreamHandler.__init__; the live sys.stderr is used instead
+        pass
+
+
 def get_logger(name: str = "pc3d") -> logging.Logger:
     """The pc3d logger; configures a plain stderr handler once."""
     root = logging.getLogger("pc3d")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[pc3d] %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
