@@ -162,7 +162,8 @@ def test_relative_position_index_by_hand():
     assert torch.equal(index.reshape(-1), stored)
 
 
-@pytest.mark.parametrize("shape,shift", [((8, 8, 8), 2), ((10, 5, 12), 2), ((5, 4, 3), 2), ((6, 9, 7), 0)])
+@pytest.mark.parametrize("shape,shift", [((8, 8, 8), 2), ((10, 5, 12), 2), ((5, 4, 3), 2), ((6, 9, 7), 0),
+                                         ((8, 4, 4), 0), ((8, 4, 4), 2)])
 def test_window_layout_matches_pad_roll_partition_and_the_region_slices(shape, shift):
     w = 4
     layout = window_layout(shape, w, shift, torch.device("cpu"), torch.float64)
@@ -177,6 +178,8 @@ def test_window_layout_matches_pad_roll_partition_and_the_region_slices(shape, s
     gathered[layout.gather == ids.numel()] = -1.0
     assert torch.equal(gathered, windows)
     assert torch.equal(layout.gather[layout.scatter], torch.arange(ids.numel()))
+    assert layout.identity == torch.equal(layout.gather, torch.arange(ids.numel()))
+    assert layout.identity == (shape == (8, 4, 4) and shift == 0)
     if not any(shifts):
         assert layout.shift_mask is None
         return
@@ -191,6 +194,9 @@ def test_window_layout_matches_pad_roll_partition_and_the_region_slices(shape, s
     labels = regions.reshape(n[0], w, n[1], w, n[2], w).permute(0, 2, 4, 1, 3, 5).reshape(-1, w ** 3)
     expected = (labels[:, :, None] != labels[:, None, :]).double() * -100.0
     assert torch.equal(layout.shift_mask, expected)
+    # below float64 the separation is an exact zero weight (see SHIFT_MASK_VALUE)
+    low = window_layout(shape, w, shift, torch.device("cpu"), torch.float32).shift_mask
+    assert torch.equal(low, (expected * 100.0).float())
 
 
 def test_patch_merging_order_first_axis_fastest():

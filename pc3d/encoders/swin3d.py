@@ -7,7 +7,7 @@ to a multiple of ``patch_size``; its ``valid`` cells say which tokens of every l
 Architecture (the original's, checkpoint-compatible through :mod:`pc3d.hub.nerf_mae`):
 
 - **Patch partition**: non-overlapping ``patch_size³`` cells → ``embed_dim`` (a strided Conv3d,
-  computed as one matrix product of the unfolded patches), LayerNorm, plus a fixed 3D sin-cos
+  run channels-last), LayerNorm, plus a fixed 3D sin-cos
   position embedding (:func:`sincos_position_embedding`; computed for the grid's token shape,
   never stored). With a mask, masked tokens are then *replaced* by the mask token (no position).
 - **Stages** ``s = 0..3`` of width ``embed_dim · 2^s`` (strides 4, 8, 16, 32 cells): stage
@@ -20,7 +20,8 @@ Architecture (the original's, checkpoint-compatible through :mod:`pc3d.hub.nerf_
   attention (after LN) is zero-padded to a multiple of the window, and the padded tokens take
   part as keys (as in the original: they are not masked out). A learned relative position bias
   (a ``(2w-1)³ × heads`` table indexed by query − key offsets) and, in shifted windows, −100 between
-  tokens of different pre-shift regions, are the additive ``attn_mask`` of
+  tokens of different pre-shift regions (−10⁴ below float64, see ``SHIFT_MASK_VALUE``), are the
+  additive ``attn_mask`` of
   ``F.scaled_dot_product_attention``. Window partition, shift and padding are one precomputed
   token gather per ``(token shape, shift)``, and its inverse also crops the padding.
 - **Stochastic depth**: block ``b`` of ``sum(depths)`` drops its branches per sample with
@@ -39,9 +40,8 @@ either, and any other embedding would make its own, untested, architecture.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,12 @@ SWIN3D_PRESETS: dict[str, dict[str, object]] = {
     "swin_l": {"embed_dim": 192, "depths": (2, 2, 18, 2), "num_heads": (6, 12, 24, 48)},
 }
 CACHE_SIZE = 16  # window layouts / position tables kept per stage (one per token shape, shift, device, dtype)
-SHIFT_MASK_VALUE = -100.0  # the original's, not -inf: a fully separated row still softmaxes over its window
+# Between tokens of different pre-shift regions: the original's -100 in float64. In lower precisions
+# exp(-100 + logit gap) is a denormal (4-50x slower x86 arithmetic, and flushing them is per thread)
+# below the resolution of the window's other weights, so -1e4 (an exact 0 weight) gives the same
+# values unless a masked logit exceeds every unmasked one of its row by more than ~80.
+SHIFT_MASK_VALUE = -100.0
+LOW_PRECISION_SHIFT_MASK_VALUE = -1.0e4
 
 
 def sincos_position_embedding(shape: Sequence[int], dim: int) -> Tensor:
@@ -117,6 +122,7 @@ class WindowLayout:
         padded: whether any slot is padding (index ``N``: a row appended before gathering).
         num_windows: ``W``.
         shift_mask: ``(W, L, L)`` additive mask between pre-shift regions, or None (no shift).
+        identity: window order is the tokens' own order (no gather needed).
     """
 
     gather: Tensor
@@ -124,6 +130,7 @@ class WindowLayout:
     padded: bool
     num_windows: int
     shift_mask: Tensor | None
+    identity: bool = False
 
 
 def window_layout(shape: Sequence[int], window_size: int, shift: int, device: torch.device,
@@ -166,41 +173,25 @@ def window_layout(shape: Sequence[int], window_size: int, shift: int, device: to
     shift_mask = None
     if any(shifts):
         label = to_windows(regions[0][:, None, None] * 9 + regions[1][None, :, None] * 3 + regions[2][None, None, :])
-        shift_mask = ((label[:, :, None] != label[:, None, :]).to(dtype) * SHIFT_MASK_VALUE).to(device)
+        value = SHIFT_MASK_VALUE if dtype == torch.float64 else LOW_PRECISION_SHIFT_MASK_VALUE
+        shift_mask = ((label[:, :, None] != label[:, None, :]).to(dtype) * value).to(device)
+    identity = len(gather) == num_tokens and torch.equal(gather, torch.arange(num_tokens))
     return WindowLayout(gather.to(device), scatter.to(device), bool((~keep).any()), len(gather) // w ** 3,
-                        shift_mask)
-
-
-@contextmanager
-def flush_denormals() -> Iterator[None]:
-    """Treat float denormals as zero on this CPU thread inside the block (restoring the mode after).
-
-    The shift mask's −100 makes ``exp`` produce float32 denormals, which make x86 matrix products
-    4–50× slower; they are below float32's resolution next to the window's other weights.
-    """
-    probe = torch.tensor([1e-38], dtype=torch.float32)
-    was_on = bool((probe * 0.01).item() == 0.0)  # torch has a setter but no getter
-    if not was_on:
-        torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if not was_on:
-            torch.set_flush_denormal(False)
+                        shift_mask, identity)
 
 
 class _WindowAttentionFunction(torch.autograd.Function):
     """``F.scaled_dot_product_attention`` forward (the fused CPU kernel) with an explicit backward.
 
-    On CPU, SDPA needs its unfused path when the ``attn_mask`` (the learned bias) needs a gradient;
-    this keeps the fused forward, saves only q, k, v and the output (not the ``L × L`` weights),
-    recomputes the weights in the backward and runs it with denormals flushed.
+    On CPU, SDPA takes its unfused path when the ``attn_mask`` (the learned bias) needs a gradient
+    (with extra passes guarding fully masked rows, which windows never have); this keeps the fused
+    forward, saves only q, k, v and the output (not the ``L × L`` weights) and recomputes the
+    weights in the backward.
     """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:  # type: ignore[override]
-        with flush_denormals():
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         ctx.save_for_backward(q, k, v, attn_mask, out)
         return out
 
@@ -209,13 +200,12 @@ class _WindowAttentionFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         q, k, v, attn_mask, out = ctx.saved_tensors
         scale = q.shape[-1] ** -0.5
-        with flush_denormals():
-            weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(attn_mask), dim=-1)
-            grad_v = torch.matmul(weights.transpose(-1, -2), grad_out)
-            grad_scores = torch.matmul(grad_out, v.transpose(-1, -2))
-            grad_scores.sub_((grad_out * out).sum(dim=-1, keepdim=True)).mul_(weights)
-            grad_q = torch.matmul(grad_scores, k).mul_(scale)
-            grad_k = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(scale)
+        weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(attn_mask), dim=-1)
+        grad_v = torch.matmul(weights.transpose(-1, -2), grad_out)
+        grad_scores = torch.matmul(grad_out, v.transpose(-1, -2))
+        grad_scores.sub_((grad_out * out).sum(dim=-1, keepdim=True)).mul_(weights)
+        grad_q = torch.matmul(grad_scores, k).mul_(scale)
+        grad_k = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(scale)
         grad_mask = None
         if ctx.needs_input_grad[3]:
             grad_mask = grad_scores.sum(0, keepdim=True) if attn_mask.shape[0] == 1 else grad_scores
@@ -225,16 +215,13 @@ class _WindowAttentionFunction(torch.autograd.Function):
 def window_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
     """Softmax attention ``(W, heads, L, d)`` with an additive ``attn_mask (W or 1, heads, L, L)``.
 
-    Always ``F.scaled_dot_product_attention`` in the forward; on CPU with denormals flushed
-    (:func:`flush_denormals`) and, with gradients, through :class:`_WindowAttentionFunction`
-    (same values, a faster and leaner backward).
+    Always ``F.scaled_dot_product_attention`` in the forward; on CPU with gradients through
+    :class:`_WindowAttentionFunction` (same values, a faster and leaner backward).
     """
-    if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or attn_mask.requires_grad):
+    if q.device.type == "cpu" and torch.is_grad_enabled() and (
+            q.requires_grad or k.requires_grad or v.requires_grad or attn_mask.requires_grad):
         return _WindowAttentionFunction.apply(q, k, v, attn_mask)
-    with flush_denormals():
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 class WindowAttention3D(nn.Module):
@@ -258,8 +245,8 @@ class WindowAttention3D(nn.Module):
     def position_bias(self) -> Tensor:
         """``(heads, L, L)`` bias of query ``i`` attending to key ``j``."""
         length = self.window_size ** 3
-        bias = self.relative_position_bias_table[self.relative_position_index]
-        return bias.reshape(length, length, self.num_heads).permute(2, 0, 1)
+        # gathered from the transposed table: contiguous (heads, L, L), 2-3x faster to combine with masks
+        return self.relative_position_bias_table.t()[:, self.relative_position_index].reshape(-1, length, length)
 
     def forward(self, x: Tensor, layout: WindowLayout) -> Tensor:
         """``x (B, N, C)`` (normalised tokens of a stage, C order) → ``(B, N, C)``."""
@@ -271,7 +258,7 @@ class WindowAttention3D(nn.Module):
             qkv = torch.cat([qkv, self.qkv.bias.to(qkv.dtype).expand(batch, 1, 3 * dim)], dim=1)
             qkv = qkv.index_select(1, layout.gather)
         else:
-            qkv = self.qkv(x.index_select(1, layout.gather))
+            qkv = self.qkv(x if layout.identity else x.index_select(1, layout.gather))
         q, k, v = qkv.reshape(-1, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.position_bias().to(q.dtype)
         if layout.shift_mask is None:
@@ -282,7 +269,9 @@ class WindowAttention3D(nn.Module):
                 attn_mask = attn_mask.repeat(batch, 1, 1, 1)
         out = window_attention(q, k, v, attn_mask)
         out = out.transpose(1, 2).reshape(batch, layout.num_windows * length, dim)
-        return self.proj(out.index_select(1, layout.scatter))  # proj after the crop: no work on padding
+        if not layout.identity:
+            out = out.index_select(1, layout.scatter)
+        return self.proj(out)  # after the crop: no work on padding
 
 
 class SwinBlock3D(nn.Module):
@@ -465,15 +454,10 @@ class Swin3D(Encoder):
     def embed(self, values: Tensor) -> Tensor:
         """Patch partition + LayerNorm + position: ``values (B, C, X, Y, Z)`` (multiples of the patch)
         → tokens ``(B, n1, n2, n3, E)`` channels last."""
-        batch, channels, x, y, z = values.shape
-        p = self.patch_size
-        n1, n2, n3 = x // p, y // p, z // p
-        # the strided conv as one GEMM over unfolded patches (same weights, C-order (c, i, j, k) patches)
-        patches = (values.reshape(batch, channels, n1, p, n2, p, n3, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
-                   .reshape(batch, n1, n2, n3, channels * p ** 3))
-        proj = self.patch_embed.proj
-        tokens = F.linear(patches, proj.weight.reshape(self.embed_dim, -1), proj.bias)
-        return self.patch_embed.norm(tokens) + self.position_embedding((n1, n2, n3), tokens)
+        # a channels-last conv writes its output channels last: the permute below is free
+        tokens = self.patch_embed.proj(values.contiguous(memory_format=torch.channels_last_3d)).permute(0, 2, 3, 4, 1)
+        tokens = self.patch_embed.norm(tokens.contiguous())
+        return tokens + self.position_embedding(tuple(tokens.shape[1:4]), tokens)
 
     def forward(self, grid: DenseGrid, mask: Tensor | None = None, mask_token: Tensor | None = None
                 ) -> EncoderOutput:

@@ -358,9 +358,10 @@ def _preset_name(encoder: Swin3D) -> str:
 
 
 def to_original_state(model: nn.Module, resolution: int) -> dict[str, torch.Tensor]:
-    """A pc3d NeRFMAE's state dict in the original's names, with ``pos_embed`` for ``resolution``³ grids and
-    every ``relative_position_index``; float32 as the original stores it."""
-    encoder: Swin3D = model.encoder  # type: ignore[assignment]
+    """A pc3d NeRFMAE's (or a bare Swin3D's) state dict in the original's names, with ``pos_embed`` for
+    ``resolution``³ grids and every ``relative_position_index``; float32 as the original stores it."""
+    encoder: Swin3D = model if isinstance(model, Swin3D) else model.encoder  # type: ignore[assignment]
+    prefix = PC3D_ENCODER_PREFIX if isinstance(model, Swin3D) else ""
     if resolution % encoder.patch_size:
         raise ConfigError(f"export_nerf_mae: resolution {resolution} is not a multiple of patch_size "
                           f"{encoder.patch_size}")
@@ -368,7 +369,7 @@ def to_original_state(model: nn.Module, resolution: int) -> dict[str, torch.Tens
     index = relative_position_index(encoder.window_size).reshape(-1)
     out = {"pos_embed": sincos_position_embedding((side, side, side), encoder.embed_dim)[None]}
     for key, value in model.state_dict().items():
-        renamed = rename_key(key, "original")
+        renamed = rename_key(prefix + key, "original")
         if renamed is None:
             raise ConfigError(f"export_nerf_mae: model key {key!r} has no NeRF-MAE counterpart")
         value = value.detach().to("cpu")
