@@ -480,12 +480,12 @@ class Swin3D(Encoder):
             if tuple(mask.shape) != tuple(x.shape[:4]):
                 raise ValueError(f"Swin3D: mask must be (B, n1, n2, n3) = {tuple(x.shape[:4])}, got {tuple(mask.shape)}")
             x = torch.where(mask[..., None], mask_token.to(x.dtype), x)
-        valid = F.max_pool3d(grid.valid[:, None].to(x.dtype), self.patch_size)[:, 0] > 0
+        valid = F.max_pool3d(grid.valid[:, None].float(), self.patch_size)[:, 0] > 0
         levels = []
         cell = float(grid.cell_size)
         for s, stage in enumerate(self.stages):
             if s > 0:
-                valid = F.max_pool3d(valid[:, None].to(x.dtype), 2, ceil_mode=True)[:, 0] > 0
+                valid = F.max_pool3d(valid[:, None].float(), 2, ceil_mode=True)[:, 0] > 0
             x = stage(x)
             levels.append(FeatureLevel.from_dense(x.permute(0, 4, 1, 2, 3), valid,
                                                   cell * self.patch_size * 2 ** s, grid.origin))
