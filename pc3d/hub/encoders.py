@@ -8,11 +8,14 @@ Formats (``format=`` of :func:`load_encoder`):
   (weights + config in its metadata; see :mod:`pc3d.hub.encoder_file`).
 - ``point-mae``: an original Point-MAE checkpoint, pretraining or fine-tuned classification
   layout (see :mod:`pc3d.hub.point_mae`).
+- ``nerf-mae``: an original NeRF-MAE checkpoint, pretraining or fine-tuned (NeRF-RPN detector)
+  layout (see :mod:`pc3d.hub.nerf_mae`).
 - ``auto`` (default): a directory is a run directory; a ``.safetensors`` suffix or a
   safetensors header is ``pc3d-encoder``; a torch file is loaded with
   ``torch.load(weights_only=True)`` and is ``pc3d-checkpoint`` if it says so
   (``format == "pc3d-checkpoint"``), ``point-mae`` if its (``base_model``) state dict has
-  ``MAE_encoder.*`` keys, otherwise a :class:`CheckpointError` listing these formats.
+  ``MAE_encoder.*`` keys, ``nerf-mae`` if its ``state_dict`` (or ``backbone_state_dict``) has
+  ``patch_partition.*`` keys, otherwise a :class:`CheckpointError` listing these formats.
 No format runs pickled code, and a stored ``_target_`` must be a pc3d encoder class
 (:func:`~pc3d.hub.weights.check_stored_target`), so a file cannot make pc3d call anything else.
 """
@@ -29,16 +32,19 @@ from torch import nn
 
 from pc3d.errors import CheckpointError, ConfigError
 from pc3d.hub.encoder_file import ENCODER_FILE_FORMAT, looks_like_safetensors, read_encoder_file
+from pc3d.hub.nerf_mae import NERF_MAE_FORMAT, NOT_NERF_MAE, nerf_mae_checkpoint, read_nerf_mae_encoder
+from pc3d.hub.nerf_mae import encoder_display as nerf_mae_display
 from pc3d.hub.point_mae import (NOT_POINT_MAE, POINT_MAE_FORMAT, encoder_display, encoder_weights, infer_encoder_config,
                                 point_mae_state)
 from pc3d.hub.weights import architecture_config, build_encoder, check_stored_target, load_weights, read_torch_file
 from pc3d.train.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint
 
 ENCODER_PREFIX = "encoder."
-FORMATS = ("auto", CHECKPOINT_FORMAT, ENCODER_FILE_FORMAT, POINT_MAE_FORMAT)
+FORMATS = ("auto", CHECKPOINT_FORMAT, ENCODER_FILE_FORMAT, POINT_MAE_FORMAT, NERF_MAE_FORMAT)
 KNOWN_FORMATS = (f"{CHECKPOINT_FORMAT} (pc3d training checkpoint or run directory), "
                  f"{ENCODER_FILE_FORMAT} (.safetensors from pc3d.hub.save_encoder), "
-                 f"{POINT_MAE_FORMAT} (original Point-MAE checkpoint, pretraining or fine-tuned)")
+                 f"{POINT_MAE_FORMAT} (original Point-MAE checkpoint, pretraining or fine-tuned), "
+                 f"{NERF_MAE_FORMAT} (original NeRF-MAE checkpoint, pretraining or fine-tuned)")
 
 __all__ = ["FORMATS", "EncoderCheckpoint", "build_encoder", "encoder_config_from_checkpoint",
            "encoder_or_random", "encoder_state_from_checkpoint", "load_encoder", "read_encoder_checkpoint"]
@@ -87,6 +93,19 @@ def _is_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
 
 
+def _nerf_mae_with_namespace(path: Path, format: str, refused: CheckpointError) -> Any:
+    """The file read with ``argparse.Namespace`` as a dict, if that makes it a NeRF-MAE checkpoint; else ``refused``."""
+    if format not in ("auto", NERF_MAE_FORMAT):
+        raise refused
+    try:
+        obj = read_torch_file(path, namespaces=True)
+    except CheckpointError:
+        raise refused from None
+    if nerf_mae_checkpoint(obj) is None:
+        raise refused
+    return obj
+
+
 def _read(path: Path, format: str) -> EncoderCheckpoint:
     if path.is_dir():
         if format not in ("auto", CHECKPOINT_FORMAT):
@@ -105,17 +124,29 @@ def _read(path: Path, format: str) -> EncoderCheckpoint:
     if format == "auto" and not _is_torch_file(path):
         raise CheckpointError(f"{path}: unknown checkpoint format (neither safetensors nor a torch file); "
                               f"known formats: {KNOWN_FORMATS}")
-    obj = read_torch_file(path)  # read once; the content decides (auto) or must fit the forced format
+    try:
+        obj = read_torch_file(path)  # read once; the content decides (auto) or must fit the forced format
+    except CheckpointError as refused:
+        # NeRF-MAE-style files may carry their arguments as an argparse.Namespace: read as a dict
+        obj = _nerf_mae_with_namespace(path, format, refused)
     is_pc3d = isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
     if format == CHECKPOINT_FORMAT and not is_pc3d:
         raise CheckpointError(f"{path}: not a pc3d training checkpoint (expected format '{CHECKPOINT_FORMAT}')")
-    if is_pc3d and format != POINT_MAE_FORMAT:
+    if is_pc3d and format in ("auto", CHECKPOINT_FORMAT):
         return _from_pc3d_checkpoint(path, obj)
-    state = point_mae_state(obj)
-    if state is not None:
-        return _from_point_mae(path, state)
+    if format in ("auto", POINT_MAE_FORMAT):
+        state = point_mae_state(obj)
+        if state is not None:
+            return _from_point_mae(path, state)
+    if format in ("auto", NERF_MAE_FORMAT):
+        found = nerf_mae_checkpoint(obj)
+        if found is not None:
+            config, weights = read_nerf_mae_encoder(path, found[0])
+            return EncoderCheckpoint(path, NERF_MAE_FORMAT, config, weights, nerf_mae_display)
     if format == POINT_MAE_FORMAT:
         raise CheckpointError(f"{path}: {NOT_POINT_MAE}")
+    if format == NERF_MAE_FORMAT:
+        raise CheckpointError(f"{path}: {NOT_NERF_MAE}")
     raise CheckpointError(f"{path}: unknown checkpoint format; known formats: {KNOWN_FORMATS}")
 
 
@@ -124,7 +155,7 @@ def read_encoder_checkpoint(path: str | os.PathLike, format: str = "auto",
     """Read the encoder config and weights of a checkpoint of any known format (see module docstring).
 
     Args:
-        format: ``"auto"`` or one of ``pc3d-checkpoint``, ``pc3d-encoder``, ``point-mae``.
+        format: ``"auto"`` or one of ``pc3d-checkpoint``, ``pc3d-encoder``, ``point-mae``, ``nerf-mae``.
         config_overrides: keys replacing those of the stored or inferred config node (e.g.
             ``{"feature_layers": [3, 7]}``, or ``{"num_heads": 12}`` for a Point-MAE file whose
             head count is not the paper's). A stored ``_target_`` must be a pc3d encoder class
@@ -161,7 +192,7 @@ def encoder_config_from_checkpoint(path: str | os.PathLike, format: str = "auto"
 
 def load_encoder(path: str | os.PathLike, strict: bool = True, format: str = "auto",
                  config_overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the encoder of a checkpoint: pc3d run/checkpoint, pc3d encoder file or Point-MAE file.
+    """Rebuild the encoder of a checkpoint: pc3d run/checkpoint, pc3d encoder file, Point-MAE or NeRF-MAE file.
 
     Args:
         path: checkpoint file or run directory.

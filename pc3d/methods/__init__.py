@@ -1,6 +1,7 @@
 """Pretraining methods: one module per method, each a model whose forward returns ``{"loss": ...}``."""
 
 from pc3d.methods.msm import MaskedSceneModeling
+from pc3d.methods.nerf_mae import NeRFMAE
 from pc3d.methods.point_mae import PointMAE
 
-__all__ = ["MaskedSceneModeling", "PointMAE"]
+__all__ = ["MaskedSceneModeling", "NeRFMAE", "PointMAE"]

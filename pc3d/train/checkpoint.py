@@ -81,17 +81,40 @@ def check_tensor_types(expected: Mapping[str, torch.Tensor], given: Mapping[str,
         raise CheckpointError(f"{source}: {what} hold NaN/inf values (first: {show(bad)})")
 
 
-def read_torch_file(path: str | os.PathLike) -> Any:
+class _StoredNamespace:
+    """What an ``argparse.Namespace`` in a checkpoint is read as: an object holding its attributes, no
+    code (research scripts often save ``{"args": args}``); :func:`read_torch_file` turns it into a dict."""
+
+
+def _plain_namespaces(obj: Any) -> Any:
+    if isinstance(obj, _StoredNamespace):
+        return {k: _plain_namespaces(v) for k, v in vars(obj).items()}
+    if isinstance(obj, dict):
+        return {k: _plain_namespaces(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain_namespaces(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain_namespaces(v) for v in obj)
+    return obj
+
+
+def read_torch_file(path: str | os.PathLike, namespaces: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; any failure is a one-line :class:`CheckpointError`.
 
     ``weights_only=True`` unpickles only tensors and plain containers, so no code stored in the
-    file runs; a file that needs more (pickled classes) is refused and the class is named.
+    file runs; a file that needs more (pickled classes) is refused and the class is named. With
+    ``namespaces``, an ``argparse.Namespace`` (research scripts save their training arguments
+    so) is read as a plain dict of its values through a data-only stand-in: argparse itself is
+    never called.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if not namespaces:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([(_StoredNamespace, "argparse.Namespace")]):
+            return _plain_namespaces(torch.load(path, map_location="cpu", weights_only=True))
     except pickle.UnpicklingError as exc:
         found = _UNSUPPORTED_GLOBAL.search(str(exc))
         if found:
