@@ -15,15 +15,34 @@ def shared_data_root() -> Path:
     return Path(os.environ.get("PC3D_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
 
 
+def in_ci() -> bool:
+    """``CI=true`` (any case): what CI must test may not be skipped."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def skip_or_fail(reason: str) -> None:
+    """The one way a test steps aside for a missing requirement: fail under CI=true, skip elsewhere."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: CI must provide it)")
+    pytest.skip(reason)
+
+
 def require_shared(relative: str) -> Path:
-    """Path to a folder of the shared sample data; fail under CI=true, skip elsewhere."""
+    """Path to a folder or file of the shared sample data; fail under CI=true, skip elsewhere."""
     path = shared_data_root() / relative
     if not path.exists():
-        reason = f"shared sample data {path} not found (set PC3D_SHARED_DATA)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(f"shared sample data {path} not found (set PC3D_SHARED_DATA)")
     return path
+
+
+def require_module(name: str, why: str) -> None:
+    """An optional package CI installs (spconv, open3d-cpu): fail under CI=true without it, skip elsewhere."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except (ImportError, OSError) as error:  # OSError: a build whose libraries do not load
+        skip_or_fail(f"{name} is not importable ({type(error).__name__}: {error}); {why}")
 
 
 @pytest.fixture

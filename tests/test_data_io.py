@@ -347,10 +347,8 @@ def test_txt_comma_and_whitespace(tmp_path: Path) -> None:
     assert pc.normals is None and pc.colors is None
 
 
-def test_real_npz_with_colours(shared_data: Path) -> None:
-    path = shared_data / "sunrgbd" / "lidar" / "000001.npz"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+def test_real_npz_with_colours() -> None:
+    path = require_shared("sunrgbd/lidar/000001.npz")
     pc = read_points(path)
     assert pc.points.shape == (50000, 3)
     assert pc.colors is not None and 0.0 <= pc.colors.min() and pc.colors.max() <= 1.0

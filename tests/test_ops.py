@@ -453,6 +453,30 @@ def test_auto_prefers_installed_accelerators_only_for_cuda_float32(monkeypatch):
     assert backends.resolve_backend("auto", "chamfer_l2", fake_cuda) == "torch"
 
 
+def test_auto_uses_an_accelerator_only_once_it_agreed_with_torch_here(monkeypatch, capsys):
+    monkeypatch.setattr(backends, "resolve_backend", lambda name, op, tensor: "torch_cluster" if name == "auto" else name)
+    monkeypatch.setattr(backends, "_HELD_TO_TORCH", {})
+    calls = []
+
+    def agrees(result):
+        def check(backend, device):
+            calls.append((backend, str(device)))
+            if isinstance(result, Exception):
+                raise result
+            return result
+        return check
+
+    x = torch.rand(1, 4, 3)
+    assert backends.resolve_checked("auto", "knn", x, agrees(True)) == "torch_cluster"
+    assert backends.resolve_checked("auto", "knn", x, agrees(False)) == "torch_cluster"  # checked once per op/device
+    assert calls == [("torch_cluster", "cpu")]
+    assert backends.resolve_checked("auto", "farthest_point_sample", x, agrees(False)) == "torch"
+    assert "torch_cluster is installed but its result differs" in capsys.readouterr().err
+    assert backends.resolve_checked("auto", "ball_query", x, agrees(ImportError("no kernels"))) == "torch"
+    assert backends.resolve_checked("torch_cluster", "chamfer_l2", x, agrees(False)) == "torch_cluster"  # as asked
+    assert len(calls) == 3
+
+
 def _accel_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -18,6 +18,7 @@ import itertools
 import os
 
 import pytest
+from conftest import require_module
 import torch
 import torch.nn.functional as F
 
@@ -41,12 +42,7 @@ def _spconv_problem() -> str | None:
 
 def require_spconv() -> None:
     """Skip without spconv; under CI=true spconv must be installed, so fail instead."""
-    problem = _spconv_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{problem}; CI must test the spconv backend (pip install spconv-cu120==2.3.6)")
-    pytest.skip(problem)
+    require_module("spconv.pytorch", "CI must test the spconv backend (pip install spconv-cu120==2.3.6)")
 
 
 def _cores() -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_module
 import torch
 
 from pc3d.encoders.layers import Attention
@@ -72,13 +73,7 @@ def small_unet(backend: str = "torch", **overrides) -> SparseUNet:
 
 
 def _require_spconv() -> None:
-    try:
-        import spconv.pytorch  # noqa: F401
-    except (ImportError, OSError) as error:
-        reason = f"spconv is not importable ({type(error).__name__}: {error})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must test the spconv backend")
-        pytest.skip(reason)
+    require_module("spconv.pytorch", "CI must test the spconv backend")
 
 
 # --------------------------------------------------------------------------- levels

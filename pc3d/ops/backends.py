@@ -23,6 +23,14 @@ everywhere; an op the named backend does not implement falls back to torch, and 
 CUDA-only backend (gsplat) given CPU tensors. Asking for an uninstalled backend, explicitly or
 through the variable, or for gsplat on CPU tensors explicitly, raises
 :class:`pc3d.errors.ConfigError`.
+
+pytorch3d and torch-cluster are used by ``"auto"`` only once held to the torch path in this
+process: the first automatic use of an (accelerator, op, device) runs both on a small seeded
+input (:func:`resolve_checked`); if they disagree, or the accelerator fails, pc3d warns once and
+uses torch. (They are not installable from the package registries within pc3d's CI time budget, so
+their agreement tests skip in CI; this check makes ``auto`` safe wherever they are installed.)
+spconv is tested in CI; gsplat's agreement test runs wherever CUDA is. An explicit
+``backend=...`` is used as asked.
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from typing import Callable
 
 import torch
 
 from pc3d.errors import ConfigError
+from pc3d.utils.progress import get_logger
 
 ENV_VAR = "PC3D_OPS_BACKEND"
 
@@ -78,6 +88,35 @@ def is_installed(backend: str) -> bool:
     if module is None:
         return False
     return importlib.util.find_spec(module) is not None
+
+
+#: (backend, op, device) → whether that accelerator agreed with torch here
+_HELD_TO_TORCH: dict[tuple[str, str, str], bool] = {}
+#: accelerators whose automatic use is checked against torch at run time
+CHECKED_AT_RUN_TIME = ("pytorch3d", "torch_cluster")
+
+
+def resolve_checked(requested: str, op: str, tensor: torch.Tensor,
+                    agrees: Callable[[str, torch.device], bool]) -> str:
+    """:func:`resolve_backend`, and for an automatic choice of an accelerator in
+    :data:`CHECKED_AT_RUN_TIME`, ``agrees(backend, device)`` once per (backend, op, device): the
+    accelerator is used only if it gives the torch path's result there (see the module docstring)."""
+    name = resolve_backend(requested, op, tensor)
+    if requested != "auto" or name not in CHECKED_AT_RUN_TIME or os.environ.get(ENV_VAR, "").strip():
+        return name
+    key = (name, op, str(tensor.device))
+    if key not in _HELD_TO_TORCH:
+        try:
+            ok = bool(agrees(name, tensor.device))
+            reason = "its result differs from the torch path's"
+        except Exception as exc:  # a broken build: fall back rather than fail a run
+            ok = False
+            reason = f"it failed ({type(exc).__name__})"
+        _HELD_TO_TORCH[key] = ok
+        if not ok:
+            get_logger(__name__).warning("backend auto: %s is installed but %s for %s on %s; using torch",
+                                         name, reason, op, tensor.device)
+    return name if _HELD_TO_TORCH[key] else "torch"
 
 
 def resolve_backend(name: str, op: str, tensor: torch.Tensor) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 
 from pc3d.ops._checks import check_count, check_pair, without_autocast
-from pc3d.ops.backends import resolve_backend
+from pc3d.ops.backends import resolve_checked
 
 #: Largest number of distance-matrix entries alive at once (per op call).
 CHUNK_FLOATS = 1 << 25
@@ -84,7 +84,7 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, backend: str = "auto"
     """
     check_pair("query", query, "points", points)
     k = check_count("k", k, "points", points)
-    name = resolve_backend(backend, "knn", points)
+    name = resolve_checked(backend, "knn", points, _knn_agrees)
     if name == "torch":
         idx = _knn_torch_idx(query, points, k, chunk_floats or CHUNK_FLOATS)
     elif name == "pytorch3d":
@@ -129,10 +129,27 @@ def ball_query(query: torch.Tensor, points: torch.Tensor, radius: float, k: int,
     k = check_count("k", k, "points", points)
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not radius > 0:
         raise ValueError(f"radius={radius!r}: expected a positive number")
-    name = resolve_backend(backend, "ball_query", points)
+    name = resolve_checked(backend, "ball_query", points, _ball_query_agrees)
     if name == "pytorch3d":
         return _ball_query_pytorch3d(query, points, float(radius), k)
     return _ball_query_torch(query, points, float(radius), k, chunk_floats or CHUNK_FLOATS)
+
+
+def _probe_clouds(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded query / point cloud pair for holding an accelerator to the torch path."""
+    points = torch.rand(2, 512, 3, generator=torch.Generator().manual_seed(0))
+    return points[:, :64].to(device), points.to(device)
+
+
+def _knn_agrees(backend: str, device: torch.device) -> bool:
+    query, points = _probe_clouds(device)
+    return torch.equal(knn(query, points, 8, backend=backend)[1], knn(query, points, 8, backend="torch")[1])
+
+
+def _ball_query_agrees(backend: str, device: torch.device) -> bool:
+    query, points = _probe_clouds(device)
+    return torch.equal(ball_query(query, points, 0.1, 8, backend=backend),
+                       ball_query(query, points, 0.1, 8, backend="torch"))
 
 
 # --------------------------------------------------------------------------- helpers

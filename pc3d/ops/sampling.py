@@ -7,7 +7,7 @@ import math
 import torch
 
 from pc3d.ops._checks import check_count, check_points, without_autocast
-from pc3d.ops.backends import resolve_backend
+from pc3d.ops.backends import resolve_checked
 from pc3d.ops.neighbors import _work_dtype
 
 
@@ -35,12 +35,18 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int, backend: str =
     """
     check_points("points", points)
     num_samples = check_count("num_samples", num_samples, "points", points)
-    name = resolve_backend(backend, "farthest_point_sample", points)
+    name = resolve_checked(backend, "farthest_point_sample", points, _fps_agrees)
     if name == "pytorch3d":
         return _fps_pytorch3d(points, num_samples)
     if name == "torch_cluster":
         return _fps_torch_cluster(points, num_samples)
     return _fps_torch(points, num_samples)
+
+
+def _fps_agrees(backend: str, device: torch.device) -> bool:
+    points = torch.rand(2, 512, 3, generator=torch.Generator().manual_seed(0)).to(device)
+    return torch.equal(farthest_point_sample(points, 32, backend=backend),
+                       farthest_point_sample(points, 32, backend="torch"))
 
 
 # ATen runs an elementwise op on one thread when it has at most this many elements,
