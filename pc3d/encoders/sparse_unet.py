@@ -368,6 +368,8 @@ class SparseUNet(Encoder):
         unknown = [o for o in attention_orders if o not in ORDERS]
         if unknown or not len(attention_orders):
             raise ValueError(f"attention_orders={list(attention_orders)}: expected names of {sorted(ORDERS)}")
+        if attention_dtype not in ATTENTION_DTYPES:
+            raise ValueError(f"attention_dtype={attention_dtype!r}: expected one of {', '.join(ATTENTION_DTYPES)}")
         if voxel_size <= 0:
             raise ValueError(f"voxel_size: expected > 0, got {voxel_size}")
         self.style = style

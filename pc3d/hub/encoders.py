@@ -213,7 +213,15 @@ def load_encoder(path: str | os.PathLike, strict: bool = True, format: str = "au
             weights that do not fit the architecture, by name.
     """
     checkpoint = read_encoder_checkpoint(path, format, config_overrides)
-    encoder = build_encoder(checkpoint.config)
+    try:
+        encoder = build_encoder(checkpoint.config)
+    except ConfigError as exc:
+        if checkpoint.format in (CHECKPOINT_FORMAT, ENCODER_FILE_FORMAT):
+            raise
+        # an original file: its architecture was read from the weights, plus defaults for what they cannot tell
+        raise CheckpointError(f"{checkpoint.file}: the {checkpoint.format} architecture read from its weights "
+                              f"does not build ({exc}); pass config_overrides for what the weights cannot tell "
+                              f"(e.g. head_dim, window_size, num_heads)") from exc
     load_weights(encoder, checkpoint.weights, strict=strict, source=str(checkpoint.file),
                  target=checkpoint.config["_target_"], what="encoder weights", display=checkpoint.display)
     return encoder.eval(), dict(checkpoint.config)

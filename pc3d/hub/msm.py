@@ -23,6 +23,13 @@ q, k, v (``attention_dtype="float16"``: the release casts them to float16 for fl
 which also returns float16; float32 attention moves the features by about 1e-3); training
 settings drop path 0.2, attention dropout 0.1, shuffled curve orders.
 
+Inputs: the release voxelises a scan its own way (``CenterShift`` to the x/y centre and the lowest z,
+``floor(coord / 0.02)`` from the grid's minimum, one *random* point's colour and normal per voxel); pc3d's
+input adapter puts the grid at the points' minimum and averages the voxel's points, so a pc3d run on
+the same scan sees slightly different voxels. Given the same voxels the features agree (within 1e-5,
+``tests/test_reference_msm.py``), and ``probe.interpolation=msm`` samples them per point as the
+release's ``MSM3D_InterpolationDecoder`` does (:mod:`pc3d.eval.scene_probe`).
+
 Two differences from the release's own inference, both about randomness, none about weights:
 the release permutes the four curve orders afresh at every forward (``shuffle_sfc=True``) and
 passes its attention dropout (0.1) to flash-attention, which applies it in evaluation too.
@@ -145,6 +152,11 @@ def _count(state: Mapping[str, torch.Tensor], pattern: str) -> dict[int, int]:
     return {stage: len(ids) for stage, ids in found.items()}
 
 
+def _depth(depths: list[int]) -> int | list[int]:
+    """Attention blocks per stage: one number when every stage has the same (the release: 2)."""
+    return depths[0] if len(set(depths)) == 1 else depths
+
+
 def infer_msm_config(state: Mapping[str, torch.Tensor], source: str = "state dict",
                      overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The :class:`~pc3d.encoders.SparseUNet` config node (``style="msm"``) of an original encoder state dict."""
@@ -166,9 +178,10 @@ def infer_msm_config(state: Mapping[str, torch.Tensor], source: str = "state dic
         "_target_": "pc3d.encoders.SparseUNet", "style": "msm", "in_channels": in_channels, "channels": channels,
         "blocks": [residual.get(s, 0) for s in range(stages)], "dec_channels": dec_channels,
         "dec_blocks": [dec_residual.get(j, 0) for j in range(stages)],
-        "attention_stages": sorted(attention), "attention_depth": [attention[s] for s in sorted(attention)],
+        "attention_stages": sorted(attention), "attention_depth": _depth([attention[s] for s in sorted(attention)]),
         "decoder_attention_stages": sorted(stages - 1 - j for j in dec_attention),
-        "decoder_attention_depth": [dec_attention[stages - 1 - s] for s in sorted(stages - 1 - j for j in dec_attention)],
+        "decoder_attention_depth": _depth([dec_attention[stages - 1 - s]
+                                           for s in sorted(stages - 1 - j for j in dec_attention)]),
         **DEFAULTS}
     if "input_features" not in overrides:
         if in_channels not in INPUT_FEATURES_BY_WIDTH:
