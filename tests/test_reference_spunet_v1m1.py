@@ -40,7 +40,8 @@ def reference() -> dict[str, np.ndarray]:
 def voxels() -> SparseVoxels:
     inputs = np.load(DATA / "inputs.npz")
     grid = torch.from_numpy(inputs["grid_coord"])
-    return SparseVoxels(torch.from_numpy(inputs["feat"]), torch.cat([torch.zeros(len(grid), 1, dtype=torch.int32), grid], 1), 1)
+    coords = torch.cat([torch.zeros(len(grid), 1, dtype=torch.int32), grid], dim=1)
+    return SparseVoxels(torch.from_numpy(inputs["feat"]), coords, 1)
 
 
 def test_the_trainer_file_is_detected_and_its_architecture_read_from_the_weights():
@@ -89,7 +90,8 @@ def test_the_projection_kernel_is_read_as_spconv_multiplies_it():
     """spconv 2.x runs a 1×1×1 conv as ``features @ weight.view(C_in, C_out)`` on its (C_out, 1, 1, 1, C_in)
     kernel; the decoder's first-block shortcut (16 → 8 here) must be imported as that matrix."""
     encoder, _ = load_encoder(DATA / "model.pth")
-    stored = torch.load(DATA / "model.pth", weights_only=True)["state_dict"]["module.backbone.dec.3.block0.proj.0.weight"]
+    state = torch.load(DATA / "model.pth", weights_only=True)["state_dict"]
+    stored = state["module.backbone.dec.3.block0.proj.0.weight"]
     assert stored.shape == (8, 1, 1, 1, 16)
     linear = encoder.decoder[0][0].project[0].weight  # pc3d's decoder starts at the bottleneck: Pointcept's dec.3
     x = torch.randn(5, 16, dtype=torch.float64)

@@ -283,6 +283,7 @@ class SkipMerge(nn.Module):
     def forward(self, x: SparseVoxels, skip: SparseVoxels) -> SparseVoxels:
         return x.replace(x.features * self.layer_scale + self.proj(self.norm(skip.features)))
 
+
 def _per_stage(depth: int | Sequence[int], stages: Sequence[int], name: str) -> dict[int, int]:
     """``{stage: blocks}`` from ``depth`` (one count for every stage, or one per entry of ``stages``)."""
     stages = list(stages)
@@ -355,7 +356,8 @@ class SparseUNet(Encoder):
         if len(blocks) != len(channels) or len(dec_channels) != levels or len(dec_blocks) != len(dec_channels):
             raise ValueError(f"SparseUNet ({style}): need len(blocks) == len(channels) and len(dec_channels) == "
                              f"len(dec_blocks) == {'len(channels)' if style == 'msm' else 'len(channels) - 1'}; got "
-                             f"channels={channels}, blocks={blocks}, dec_channels={dec_channels}, dec_blocks={dec_blocks}")
+                             f"channels={channels}, blocks={blocks}, dec_channels={dec_channels}, "
+                             f"dec_blocks={dec_blocks}")
         if style == "msm" and dec_channels[0] != channels[-1]:
             raise ValueError(f"SparseUNet (msm): the bottleneck decoder stage keeps the bottleneck's width: "
                              f"dec_channels[0]={dec_channels[0]} != channels[-1]={channels[-1]}")
@@ -380,8 +382,9 @@ class SparseUNet(Encoder):
         self.shuffle_orders = shuffle_orders
         encoder_attention = _per_stage(attention_depth, attention_stages, "attention_depth")
         decoder_attention = _per_stage(decoder_attention_depth, decoder_attention_stages, "decoder_attention_depth")
-        for i in [*encoder_attention, *decoder_attention]:
-            width = channels[i] if i in encoder_attention else dec_channels[len(channels) - 1 - i]
+        widths = [(i, channels[i]) for i in encoder_attention]
+        widths += [(i, dec_channels[len(channels) - 1 - i]) for i in decoder_attention]  # msm: one stage per stride
+        for i, width in widths:
             if width % head_dim:
                 raise ValueError(f"stage {i}: width {width} is not divisible by head_dim={head_dim}")
         if style == "msm":

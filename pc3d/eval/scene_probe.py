@@ -73,7 +73,8 @@ def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mo
         return pos, (keys[pos] == query) & (index >= 0).all(dim=1)
 
     if mode == "msm":
-        return _sample_msm(positions, batch_index, level.origin, level.stride, voxel_size, cells, batch, features, lookup)
+        return _sample_msm(positions, batch_index, level.origin, level.stride, voxel_size, cells, batch, features,
+                           lookup)
     if mode == "nearest":
         pos, found = lookup(level.cell_index(positions, batch_index))
         if not bool(found.all()):

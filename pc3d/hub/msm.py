@@ -58,9 +58,9 @@ EXPORT_PREFIX = "module.student."
 #: MSM's curve list (``xyz_z-order``, ``yxz_z-order``, ``xyz_hilbert``, ``yxz_hilbert``) in pc3d's names.
 MSM_ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
 # Not recoverable from the weights: the release's values (inference/model_cfg.py, ENCODER_L_MODEL).
-DEFAULTS: dict[str, Any] = {"voxel_size": 0.02, "head_dim": 8, "window_size": 1024, "attention_orders": list(MSM_ORDERS),
-                            "attention_dtype": "float16", "shuffle_orders": True, "drop_path_rate": 0.2,
-                            "attention_dropout": 0.1}
+DEFAULTS: dict[str, Any] = {"voxel_size": 0.02, "head_dim": 8, "window_size": 1024,
+                            "attention_orders": list(MSM_ORDERS), "attention_dtype": "float16", "shuffle_orders": True,
+                            "drop_path_rate": 0.2, "attention_dropout": 0.1}
 INPUT_FEATURES_BY_WIDTH = {6: ["color", "normal"], 3: ["color"]}
 
 _RESIDUAL = (("conv1.weight", "conv1.weight", None), ("conv2.weight", "conv2.weight", None),
@@ -79,7 +79,8 @@ def _block_entries(original: str, pc3d: str, leaves: tuple) -> list[tuple[str, s
 
 
 def msm_key_table(config: Mapping[str, Any]) -> KeyTable:
-    """The original ``MSM3D_Encoder`` keys ↔ pc3d ``SparseUNet(style="msm")`` keys for ``config``, in the original's order."""
+    """Original ``MSM3D_Encoder`` keys ↔ pc3d ``SparseUNet(style="msm")`` keys for ``config``, in the original's
+    order."""
     stages = len(config["channels"])
     blocks, dec_blocks = list(config["blocks"]), list(config["dec_blocks"])
     encoder_attention = _depths(config, "attention_stages", "attention_depth")

@@ -175,9 +175,9 @@ def export_pointcept_spunet(encoder: nn.Module, path: str | os.PathLike, prefix:
     config = getattr(encoder, "init_config", None)
     if not config or config.get("style", "spunet") != "spunet" or list(config.get("attention_stages", [])) \
             or config["blocks"][0] != 0:
+        shown = {} if not config else {k: config.get(k) for k in ("style", "blocks", "attention_stages")}
         raise ConfigError(f"export_pointcept_spunet: expected a SparseUNet of Pointcept's layout (style spunet, no "
-                          f"attention, blocks[0] = 0), got {type(encoder).__name__}"
-                          f"{'' if not config else ' with ' + repr({k: config.get(k) for k in ('style', 'blocks', 'attention_stages')})}")
+                          f"attention, blocks[0] = 0), got {type(encoder).__name__} {shown}")
     state = pointcept_key_table(config).to_original(encoder.state_dict(), "export_pointcept_spunet")
     path = Path(path)
     with atomic_write(path) as handle:
