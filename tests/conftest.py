@@ -68,3 +68,19 @@ def _isolated_cache(tmp_path_factory):
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+def require_spconv() -> None:
+    """spconv importable (skip, or fail under CI=true) and, on a multi-core machine, torch's default threads:
+    spconv's multi-threaded CPU path is the one that has gone wrong before (see tests/test_sparse_conv.py)."""
+    try:
+        import spconv.pytorch  # noqa: F401
+    except (ImportError, OSError) as error:  # OSError: a CUDA build whose libraries do not load
+        reason = f"spconv is not importable ({type(error).__name__}: {error})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must test the spconv backend (pip install spconv-cu120==2.3.6)")
+        pytest.skip(reason)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores >= 2:
+        assert torch.get_num_threads() >= 2, f"spconv must be tested with torch's default threads, got " \
+                                              f"{torch.get_num_threads()}"

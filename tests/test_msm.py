@@ -119,6 +119,22 @@ def test_msm_loss_gradients_and_ema(views):
         torch.testing.assert_close(new, m * old + (1 - m) * student)
 
 
+def test_msm_pretrains_the_msm_style_encoder(views):
+    """The released encoder's style (configs/encoder/msm_large.yaml, small widths) trains under the method."""
+    _, batch = views
+    torch.manual_seed(0)
+    encoder = SparseUNet(style="msm", channels=(8, 8, 16, 16, 16), dec_channels=(16, 16, 16, 8, 8),
+                         blocks=(1,) * 5, dec_blocks=(1,) * 5, voxel_size=0.05, attention_stages=(3, 4),
+                         attention_depth=2, decoder_attention_stages=(3, 4), decoder_attention_depth=2,
+                         window_size=32, head_dim=8, shuffle_orders=True, attention_dropout=0.1)
+    model = MaskedSceneModeling(encoder, mask_ratio=0.6, mask_unit=4)
+    out = model(batch)
+    assert torch.isfinite(out["loss"]) and float(out["loss"]) > 0
+    out["loss"].backward()
+    assert model.mask_token.shape == (8,) and float(model.mask_token.grad.abs().sum()) > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.encoder.parameters())
+
+
 def test_msm_total_loss_adds_the_anti_collapse_terms_per_level(views):
     _, batch = views
     torch.manual_seed(0)

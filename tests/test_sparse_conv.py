@@ -259,6 +259,46 @@ def test_torch_and_spconv_agree_on_a_conv_chain():
         assert_rel_close(a, b, 1e-4, f"chain weight gradient {i}")
 
 
+def test_two_downs_and_two_ups_on_odd_extents_with_biases():
+    """down → down → up → up where every extent is odd (9 → 5 → 3 voxels): each up lands back on its own
+    fine voxels (spconv pads the extent of a down; its up must restore the unpadded one for the next up),
+    and a layer's bias is added to every output voxel, the same on both backends."""
+    coords = random_grid(seed=4)
+    features = torch.randn(len(coords), 3, dtype=torch.float64)
+    torch.manual_seed(0)
+    chain = [SparseConv3d(3, 4, 2, "down", "d1", bias=True), SparseConv3d(4, 5, 2, "down", "d2", bias=True),
+             SparseConv3d(5, 4, 2, "up", "d2", bias=True), SparseConv3d(4, 2, 2, "up", "d1", bias=True)]
+    outputs = {}
+    for be in ("torch", "spconv"):
+        if be == "spconv":
+            require_spconv()
+        for layer in chain:
+            layer.backend = be
+        dtype = DTYPE[be]
+        x = SparseVoxels(features.to(dtype), coords, BATCH)
+        with torch.no_grad():
+            for layer in chain:
+                layer.to(dtype)
+            a = chain[0](x)
+            b = chain[1](a)
+            c = chain[2](b)
+            outputs[be] = (a, b, c, chain[3](c))
+    torch_outputs = outputs["torch"]
+    a, b, c, d = torch_outputs
+    assert torch.equal(c.coords, a.coords) and torch.equal(d.coords, coords)
+    # the bias of each layer, checked against the dense reference of the bias-free conv
+    weights = [layer.weight.double() for layer in chain]
+    expected_a = ref_down(features, coords, weights[0], a.coords) + chain[0].bias.double()
+    assert_rel_close(a.features, expected_a, TOL["torch"], "down with bias")
+    expected_d = ref_up(c.features, c.coords, weights[3], coords) + chain[3].bias.double()
+    assert_rel_close(d.features, expected_d, TOL["torch"], "up with bias")
+    for spconv_out, torch_out in zip(outputs["spconv"], torch_outputs):
+        order = torch.argsort(voxel_keys(spconv_out.coords))
+        assert torch.equal(spconv_out.coords[order], torch_out.coords[torch.argsort(voxel_keys(torch_out.coords))])
+        assert_rel_close(spconv_out.features[order].double(),
+                         torch_out.features[torch.argsort(voxel_keys(torch_out.coords))], TOL["spconv"], "spconv chain")
+
+
 # --------------------------------------------------------------------------- tables
 
 

@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by the point-ViT, the Point-MAE decoder and the 3D Swin."""
+"""Transformer building blocks shared by the point-ViT, the Point-MAE decoder, the 3D Swin and the sparse UNet's
+sliding-window attention."""
 
 from __future__ import annotations
 
@@ -110,3 +111,43 @@ class PositionalBlocks(nn.Module):
 def positional_mlp(dim: int, hidden: int = 128) -> nn.Sequential:
     """Point-MAE's position embedding: MLP(3 → 128 → dim, GELU) of a patch centre."""
     return nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, segment: Tensor, radius: int, block: int = 128,
+                             max_scores: int = 1 << 24, dropout_p: float = 0.0) -> Tensor:
+    """Local attention along a sequence: query ``i`` attends keys ``j`` with ``|i - j| <= radius`` of its segment.
+
+    Flash-attention's ``window_size=(radius, radius)`` over variable-length sequences (MSM's
+    serialized attention), computed in blocks of ``block`` queries, each against the
+    ``block + 2·radius`` keys around it, so memory grows with ``N · radius``, not ``N²``.
+
+    Args:
+        q, k, v: ``(N, H, D)``, rows ordered so that each segment is contiguous.
+        segment: ``(N,)`` segment (sample) of every row; queries never see another segment's keys.
+        radius: keys on either side (``window_size // 2``).
+        block: queries per block; max_scores: attention scores computed at once (bounds memory).
+        dropout_p: dropout of the attention weights (training only; the caller decides).
+    Returns:
+        ``(N, H, D)``, softmax scale ``1 / sqrt(D)``.
+    """
+    n, heads, dim = q.shape
+    if n == 0:
+        return q.new_zeros(q.shape)
+    block = max(1, min(block, n))
+    width = block + 2 * radius
+    num_blocks = -(-n // block)
+    device = q.device
+    rows = (torch.arange(num_blocks, device=device) * block)[:, None] + torch.arange(block, device=device)
+    columns = rows[:, :1] - radius + torch.arange(width, device=device)
+    rows, inside = rows.clamp_max(n - 1), (columns >= 0) & (columns < n)  # padded queries repeat the last one
+    columns = columns.clamp(0, n - 1)
+    per_group = max(1, max_scores // (heads * block * width))
+    out = q.new_empty(num_blocks, block, heads, dim)
+    for start in range(0, num_blocks, per_group):
+        r, c, ok = rows[start:start + per_group], columns[start:start + per_group], inside[start:start + per_group]
+        allowed = ok[:, None, :] & ((r[:, :, None] - c[:, None, :]).abs() <= radius) \
+            & (segment[r][:, :, None] == segment[c][:, None, :])
+        attended = F.scaled_dot_product_attention(q[r].transpose(1, 2), k[c].transpose(1, 2), v[c].transpose(1, 2),
+                                                  attn_mask=allowed[:, None], dropout_p=dropout_p)
+        out[start:start + per_group] = attended.transpose(1, 2)
+    return out.reshape(num_blocks * block, heads, dim)[:n]

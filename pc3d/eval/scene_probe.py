@@ -4,11 +4,21 @@ MSM's protocol: for every original point, sample the feature of every encoder le
 UNet's decoder levels and bottleneck, strides ``voxel_size · 2^i``; any encoder whose levels lie
 on a grid — voxels or dense cells) at the point's position — trilinear between the 8 nearest
 cell centres of that level, renormalised over the occupied ones (``nearest``: the cell
-containing the point) — and concatenate. The encoder is frozen;
+containing the point; ``msm``: MSM's own interpolation, below) — and concatenate. The encoder is frozen;
 a linear layer (softmax cross-entropy, AdamW) or a cosine kNN vote is trained on the points of
 the train scans and scored on every point of the val scans: per-class IoU, mIoU over the
 classes present in the val ground truth, overall and mean-class accuracy. Points labelled -1
 are ignored everywhere.
+
+``interpolation="msm"`` is what MSM's release computes (its ``MSM3D_InterpolationDecoder``): a
+point of input voxel ``c`` (integer, from the input grid's origin) is sampled in level ``l`` (cells
+of ``2^l`` voxels, ``D`` cells per axis = the sample's largest cell index + 1) with
+``grid_sample(align_corners=True)`` at the normalised position ``((c + 0.5) / 2^l) / D · 2 − 1``,
+i.e. at cell index ``u = (c + 0.5) / 2^l · (D − 1) / D``, in float32; empty cells count as zero and
+the weights are not renormalised. Against ``trilinear`` that is (1) at the point's voxel centre,
+not the point; (2) squeezed: the index ``(c + 0.5) / 2^l`` that would put the point between the
+cell centres is scaled by ``(D − 1) / D`` (shifted by up to half a cell, most near index 0, even at
+the finest level); (3) pulled towards zero next to empty cells.
 """
 
 from __future__ import annotations
@@ -29,10 +39,11 @@ from pc3d.ops.sparse_conv import voxel_keys
 from pc3d.utils.config import Setting, check_settings
 from pc3d.utils.device import move_to
 
-INTERPOLATIONS = ("trilinear", "nearest")
+INTERPOLATIONS = ("trilinear", "nearest", "msm")
 
 
-def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mode: str = "trilinear") -> Tensor:
+def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mode: str = "trilinear",
+                 voxel_size: float | None = None) -> Tensor:
     """Features of one strided level (voxels or dense cells) at arbitrary positions.
 
     Args:
@@ -40,7 +51,8 @@ def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mo
         positions: ``(N, 3)`` in the input frame; every position's own cell must exist
             (true for the points the cells were made from).
         batch_index: ``(N,)`` sample of each position.
-        mode: ``"trilinear"`` | ``"nearest"``.
+        mode: ``"trilinear"`` | ``"nearest"`` | ``"msm"`` (see the module docstring).
+        voxel_size: the encoder's input voxel edge (``msm`` only: positions are taken at their input voxel).
     Returns:
         ``(N, C)``.
     """
@@ -50,7 +62,8 @@ def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mo
     if mode not in INTERPOLATIONS:
         raise ConfigError(f"probe.interpolation={mode!r}: expected one of {', '.join(INTERPOLATIONS)}")
     features, centers, batch = level.flatten()
-    keys = voxel_keys(torch.cat([batch[:, None], level.cell_index(centers, batch)], dim=1))
+    cells = level.cell_index(centers, batch)
+    keys = voxel_keys(torch.cat([batch[:, None], cells], dim=1))
     keys, order = torch.sort(keys)
     features = features[order]
     batch_index = batch_index.to(torch.int64)
@@ -60,6 +73,9 @@ def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mo
         pos = torch.searchsorted(keys, query).clamp_max(len(keys) - 1)
         return pos, (keys[pos] == query) & (index >= 0).all(dim=1)
 
+    if mode == "msm":
+        return _sample_msm(positions, batch_index, level.origin, level.stride, voxel_size, cells, batch, features,
+                           lookup)
     if mode == "nearest":
         pos, found = lookup(level.cell_index(positions, batch_index))
         if not bool(found.all()):
@@ -82,6 +98,34 @@ def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mo
     return total / weight_sum
 
 
+def _sample_msm(positions: Tensor, batch_index: Tensor, origin: Tensor | None, stride: float, voxel_size: float | None,
+                cells: Tensor, cell_batch: Tensor, features: Tensor, lookup) -> Tensor:
+    """MSM's ``grid_sample(align_corners=True)`` of a level's dense grid (see the module docstring), done sparsely.
+
+    ``cells (M, 3)`` / ``cell_batch (M,)``: the level's occupied cells; ``lookup(index (N, 3))`` finds the
+    row of ``features`` of each position's cell at ``index`` and whether it is occupied.
+    """
+    if voxel_size is None or voxel_size <= 0:
+        raise ConfigError("interpolation=msm needs the encoder's input voxel size")
+    local = positions if origin is None else positions - origin.to(positions)[batch_index]
+    voxel = torch.floor(local / voxel_size).to(torch.float32)  # MSM's grid coordinate of the point
+    factor = float(round(stride / voxel_size))  # 2^level
+    samples = int(max(int(batch_index.max()), int(cell_batch.max()))) + 1
+    extent = torch.zeros(samples, 3, dtype=torch.int64, device=cells.device).scatter_reduce(
+        0, cell_batch[:, None].expand(-1, 3), cells, "amax")
+    size = (extent + 1).to(torch.float32)[batch_index]
+    normalised = ((voxel + 0.5) / factor) / size * 2.0 - 1.0  # float32, as MSM computes it
+    u = ((normalised + 1.0) / 2.0) * (size - 1.0)  # grid_sample's unnormalisation with align_corners
+    low = torch.floor(u)
+    total = features.new_zeros(len(positions), features.shape[1])
+    for corner in range(8):
+        offset = torch.tensor([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1], device=positions.device)
+        pos, found = lookup(low.to(torch.int64) + offset)
+        weight = torch.where(offset.bool(), u - low, low + 1.0 - u).prod(dim=1, keepdim=True) * found[:, None]
+        total += weight.to(features.dtype) * features[pos]
+    return total
+
+
 def scene_sample(scene: Scene) -> dict[str, Tensor]:
     """A scan as an encoder sample: ``points``, ``colors`` in [0, 1], ``normals``."""
     return {"points": torch.as_tensor(np.asarray(scene.points), dtype=torch.float32),
@@ -100,7 +144,9 @@ def scene_point_features(encoder: Encoder, scene: Scene, device: torch.device | 
     output = encoder.to(device).eval()(move_to(encoder_input(encoder.spec, [sample]), device))
     positions = sample["points"].to(device)
     batch = torch.zeros(len(positions), dtype=torch.int64, device=device)
-    return torch.cat([sample_level(level, positions, batch, interpolation) for level in output.levels], dim=1).cpu()
+    voxel_size = encoder.spec.voxel_size
+    return torch.cat([sample_level(level, positions, batch, interpolation, voxel_size) for level in output.levels],
+                     dim=1).cpu()
 
 
 def segmentation_metrics(prediction: np.ndarray, truth: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:

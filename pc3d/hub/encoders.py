@@ -10,12 +10,18 @@ Formats (``format=`` of :func:`load_encoder`):
   layout (see :mod:`pc3d.hub.point_mae`).
 - ``nerf-mae``: an original NeRF-MAE checkpoint, pretraining or fine-tuned (NeRF-RPN detector)
   layout (see :mod:`pc3d.hub.nerf_mae`).
+- ``msm``: an original MSM checkpoint (the release's ``MSM3D_Encoder``, see :mod:`pc3d.hub.msm`).
+- ``pointcept-spunet``: a Pointcept SpUNet-v1m1 checkpoint (its ``SpUNetBase`` backbone, see
+  :mod:`pc3d.hub.pointcept`).
 - ``auto`` (default): a directory is a run directory; a ``.safetensors`` suffix or a
   safetensors header is ``pc3d-encoder``; a torch file is loaded with
   ``torch.load(weights_only=True)`` and is ``pc3d-checkpoint`` if it says so
   (``format == "pc3d-checkpoint"``), ``point-mae`` if its (``base_model``) state dict has
   ``MAE_encoder.*`` keys, ``nerf-mae`` if its ``state_dict`` (or ``backbone_state_dict``) has
-  ``patch_partition.*`` keys, otherwise a :class:`CheckpointError` listing these formats.
+  ``patch_partition.*`` keys, ``msm`` if its ``state_dict`` holds ``init_transform.*`` and
+  ``decoder_init_norm.*`` (under ``module.student.`` or another known prefix),
+  ``pointcept-spunet`` if it holds ``conv_input.*`` and ``enc.0.block0.*`` (under
+  ``module.backbone.`` ...), otherwise a :class:`CheckpointError` listing these formats.
 No format runs pickled code, and a stored ``_target_`` must be a pc3d encoder class
 (:func:`~pc3d.hub.weights.check_stored_target`), so a file cannot make pc3d call anything else.
 """
@@ -34,17 +40,23 @@ from pc3d.errors import CheckpointError, ConfigError
 from pc3d.hub.encoder_file import ENCODER_FILE_FORMAT, looks_like_safetensors, read_encoder_file
 from pc3d.hub.nerf_mae import NERF_MAE_FORMAT, NOT_NERF_MAE, nerf_mae_checkpoint, read_nerf_mae_encoder
 from pc3d.hub.nerf_mae import encoder_display as nerf_mae_display
+from pc3d.hub.msm import _NOT_MSM, MSM_FORMAT, infer_msm_config, msm_display, msm_encoder_weights, msm_state
 from pc3d.hub.point_mae import (NOT_POINT_MAE, POINT_MAE_FORMAT, encoder_display, encoder_weights, infer_encoder_config,
                                 point_mae_state)
+from pc3d.hub.pointcept import (_NOT_SPUNET, POINTCEPT_SPUNET_FORMAT, infer_pointcept_config, pointcept_display,
+                                pointcept_encoder_weights, pointcept_state)
 from pc3d.hub.weights import architecture_config, build_encoder, check_stored_target, load_weights, read_torch_file
 from pc3d.train.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint
 
 ENCODER_PREFIX = "encoder."
-FORMATS = ("auto", CHECKPOINT_FORMAT, ENCODER_FILE_FORMAT, POINT_MAE_FORMAT, NERF_MAE_FORMAT)
+FORMATS = ("auto", CHECKPOINT_FORMAT, ENCODER_FILE_FORMAT, POINT_MAE_FORMAT, NERF_MAE_FORMAT, MSM_FORMAT,
+           POINTCEPT_SPUNET_FORMAT)
 KNOWN_FORMATS = (f"{CHECKPOINT_FORMAT} (pc3d training checkpoint or run directory), "
                  f"{ENCODER_FILE_FORMAT} (.safetensors from pc3d.hub.save_encoder), "
                  f"{POINT_MAE_FORMAT} (original Point-MAE checkpoint, pretraining or fine-tuned), "
-                 f"{NERF_MAE_FORMAT} (original NeRF-MAE checkpoint, pretraining or fine-tuned)")
+                 f"{NERF_MAE_FORMAT} (original NeRF-MAE checkpoint, pretraining or fine-tuned), "
+                 f"{MSM_FORMAT} (original MSM release checkpoint), "
+                 f"{POINTCEPT_SPUNET_FORMAT} (Pointcept SpUNet-v1m1 checkpoint)")
 
 __all__ = ["FORMATS", "EncoderCheckpoint", "build_encoder", "encoder_config_from_checkpoint",
            "encoder_or_random", "encoder_state_from_checkpoint", "load_encoder", "read_encoder_checkpoint"]
@@ -83,6 +95,21 @@ def _from_point_mae(file: Path, state: Mapping[str, torch.Tensor]) -> EncoderChe
                              encoder_weights(state), encoder_display)
 
 
+def _from_msm(file: Path, found: tuple[dict[str, torch.Tensor], str],
+              overrides: Mapping[str, Any] | None) -> EncoderCheckpoint:
+    state, prefix = found
+    config = infer_msm_config(state, str(file), overrides)
+    return EncoderCheckpoint(file, MSM_FORMAT, config, msm_encoder_weights(state, config), msm_display(config, prefix))
+
+
+def _from_pointcept(file: Path, found: tuple[dict[str, torch.Tensor], str],
+                    overrides: Mapping[str, Any] | None) -> EncoderCheckpoint:
+    state, prefix = found
+    config = infer_pointcept_config(state, str(file), overrides)
+    return EncoderCheckpoint(file, POINTCEPT_SPUNET_FORMAT, config, pointcept_encoder_weights(state, config),
+                             pointcept_display(config, prefix))
+
+
 def _is_torch_file(path: Path) -> bool:
     """Zip-based torch.save (``PK``) or the legacy pickle stream (protocol marker 0x80)."""
     try:
@@ -106,7 +133,12 @@ def _nerf_mae_with_namespace(path: Path, format: str, refused: CheckpointError) 
     return obj
 
 
-def _read(path: Path, format: str) -> EncoderCheckpoint:
+def _from_nerf_mae(path: Path, found: Any) -> EncoderCheckpoint:
+    config, weights = read_nerf_mae_encoder(path, found[0])
+    return EncoderCheckpoint(path, NERF_MAE_FORMAT, config, weights, nerf_mae_display)
+
+
+def _read(path: Path, format: str, overrides: Mapping[str, Any] | None = None) -> EncoderCheckpoint:
     if path.is_dir():
         if format not in ("auto", CHECKPOINT_FORMAT):
             raise CheckpointError(f"{path}: is a directory; format '{format}' expects a file")
@@ -134,19 +166,21 @@ def _read(path: Path, format: str) -> EncoderCheckpoint:
         raise CheckpointError(f"{path}: not a pc3d training checkpoint (expected format '{CHECKPOINT_FORMAT}')")
     if is_pc3d and format in ("auto", CHECKPOINT_FORMAT):
         return _from_pc3d_checkpoint(path, obj)
-    if format in ("auto", POINT_MAE_FORMAT):
-        state = point_mae_state(obj)
-        if state is not None:
-            return _from_point_mae(path, state)
-    if format in ("auto", NERF_MAE_FORMAT):
-        found = nerf_mae_checkpoint(obj)
+    # the architecture of an original file is inferred from its weights; overrides take part (an input width
+    # the weights cannot name, a head count)
+    readers = {POINT_MAE_FORMAT: (point_mae_state, lambda found: _from_point_mae(path, found), NOT_POINT_MAE),
+               NERF_MAE_FORMAT: (nerf_mae_checkpoint, lambda found: _from_nerf_mae(path, found), NOT_NERF_MAE),
+               MSM_FORMAT: (msm_state, lambda found: _from_msm(path, found, overrides), _NOT_MSM),
+               POINTCEPT_SPUNET_FORMAT: (pointcept_state, lambda found: _from_pointcept(path, found, overrides),
+                                         _NOT_SPUNET)}
+    for name, (detect, build, refusal) in readers.items():
+        if format not in ("auto", name):
+            continue
+        found = detect(obj)
         if found is not None:
-            config, weights = read_nerf_mae_encoder(path, found[0])
-            return EncoderCheckpoint(path, NERF_MAE_FORMAT, config, weights, nerf_mae_display)
-    if format == POINT_MAE_FORMAT:
-        raise CheckpointError(f"{path}: {NOT_POINT_MAE}")
-    if format == NERF_MAE_FORMAT:
-        raise CheckpointError(f"{path}: {NOT_NERF_MAE}")
+            return build(found)
+        if format == name:
+            raise CheckpointError(f"{path}: {refusal}")
     raise CheckpointError(f"{path}: unknown checkpoint format; known formats: {KNOWN_FORMATS}")
 
 
@@ -155,7 +189,8 @@ def read_encoder_checkpoint(path: str | os.PathLike, format: str = "auto",
     """Read the encoder config and weights of a checkpoint of any known format (see module docstring).
 
     Args:
-        format: ``"auto"`` or one of ``pc3d-checkpoint``, ``pc3d-encoder``, ``point-mae``, ``nerf-mae``.
+        format: ``"auto"`` or one of ``pc3d-checkpoint``, ``pc3d-encoder``, ``point-mae``, ``nerf-mae``,
+            ``msm``, ``pointcept-spunet``.
         config_overrides: keys replacing those of the stored or inferred config node (e.g.
             ``{"feature_layers": [3, 7]}``, or ``{"num_heads": 12}`` for a Point-MAE file whose
             head count is not the paper's). A stored ``_target_`` must be a pc3d encoder class
@@ -166,7 +201,7 @@ def read_encoder_checkpoint(path: str | os.PathLike, format: str = "auto",
     """
     if format not in FORMATS:
         raise ConfigError(f"format: unknown value {format!r} (accepted: {', '.join(FORMATS)})")
-    checkpoint = _read(Path(path), format)
+    checkpoint = _read(Path(path), format, config_overrides)
     if "_target_" not in (config_overrides or {}):
         check_stored_target(checkpoint.config, str(checkpoint.file))
     # older files stored run-time choices (a conv backend) with the architecture: this machine decides
@@ -192,7 +227,8 @@ def encoder_config_from_checkpoint(path: str | os.PathLike, format: str = "auto"
 
 def load_encoder(path: str | os.PathLike, strict: bool = True, format: str = "auto",
                  config_overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the encoder of a checkpoint: pc3d run/checkpoint, pc3d encoder file, Point-MAE or NeRF-MAE file.
+    """Rebuild the encoder of a checkpoint: pc3d run/checkpoint, pc3d encoder file, or an original
+    Point-MAE, MSM or Pointcept SpUNet file.
 
     Args:
         path: checkpoint file or run directory.
@@ -207,7 +243,15 @@ def load_encoder(path: str | os.PathLike, strict: bool = True, format: str = "au
             weights that do not fit the architecture, by name.
     """
     checkpoint = read_encoder_checkpoint(path, format, config_overrides)
-    encoder = build_encoder(checkpoint.config)
+    try:
+        encoder = build_encoder(checkpoint.config)
+    except ConfigError as exc:
+        if checkpoint.format in (CHECKPOINT_FORMAT, ENCODER_FILE_FORMAT):
+            raise
+        # an original file: its architecture was read from the weights, plus defaults for what they cannot tell
+        raise CheckpointError(f"{checkpoint.file}: the {checkpoint.format} architecture read from its weights "
+                              f"does not build ({exc}); pass config_overrides for what the weights cannot tell "
+                              f"(e.g. head_dim, window_size, num_heads)") from exc
     load_weights(encoder, checkpoint.weights, strict=strict, source=str(checkpoint.file),
                  target=checkpoint.config["_target_"], what="encoder weights", display=checkpoint.display)
     return encoder.eval(), dict(checkpoint.config)

@@ -21,7 +21,11 @@ def run_export(cfg) -> dict[str, Any]:
         raise ConfigError(f"out={cfg.out}: exists; pass overwrite=true to replace it")
     if out.is_dir():
         raise ConfigError(f"out={cfg.out}: is a directory")
-    encoder, config = load_encoder(cfg.checkpoint, strict=bool(cfg.strict), format=str(cfg.format))
+    from pc3d.utils.config import to_plain
+
+    overrides = to_plain(cfg.get("config_overrides") or {})
+    encoder, config = load_encoder(cfg.checkpoint, strict=bool(cfg.strict), format=str(cfg.format),
+                                   config_overrides=overrides or None)
     save_encoder(encoder, out, config)
     parameters = sum(p.numel() for p in encoder.parameters())
     report(f"export: {cfg.checkpoint} → {out} ({config['_target_'].rsplit('.', 1)[-1]}, "

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pc3d.encoders.base import Encoder
-from pc3d.errors import CheckpointError
+from pc3d.errors import CheckpointError, ConfigError
 from pc3d.train.checkpoint import check_tensor_types, one_line, read_torch_file  # noqa: F401  (re-exported)
 
 from pc3d.utils.config import call_target, to_plain
@@ -105,3 +105,65 @@ def load_weights(module: nn.Module, weights: Mapping[str, torch.Tensor], *, stri
     usable = {k: v for k, v in weights.items() if k in expected and expected[k].shape == v.shape}
     module.load_state_dict(usable, strict=False)
     return module
+
+
+#: How a tensor differs between an original layout and pc3d's (``KeyTable`` entries):
+#: ``row``: a per-channel vector stored as ``(1, C)`` originally, ``(C,)`` in pc3d;
+#: ``spconv_1x1``: the kernel ``(O, 1, 1, 1, I)`` of a 1×1×1 spconv 2.x conv, a linear weight ``(O, I)``
+#: in pc3d. spconv 2.x computes such a conv as ``features @ weight.view(I, O)`` (its memory read as an
+#: ``(I, O)`` matrix, not transposed: github.com/traveller59/spconv/issues/450), so the weights a
+#: model learnt with it are that matrix: pc3d's weight is ``stored.view(I, O).T``.
+SHAPE_KINDS = ("row", "spconv_1x1")
+
+
+class KeyTable:
+    """One table of ``(original key, pc3d key, shape kind or None)`` entries, read in both directions.
+
+    Importers build it for the architecture at hand (stage and block counts come from the
+    weights), so the same entries rename a file into pc3d's names and an encoder back into the
+    original layout; no key is renamed by a second rule.
+    """
+
+    def __init__(self, entries: list[tuple[str, str, str | None]]) -> None:
+        self.entries = list(entries)
+        self.to_pc3d_names = {original: (pc3d, kind) for original, pc3d, kind in self.entries}
+        self.to_original_names = {pc3d: (original, kind) for original, pc3d, kind in self.entries}
+        if len(self.to_pc3d_names) != len(self.entries) or len(self.to_original_names) != len(self.entries):
+            raise ValueError("KeyTable: a key appears twice")
+
+    def to_pc3d(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Original state dict → pc3d names; keys the table does not know keep their own name
+        (so a strict load reports them as unexpected, by the file's spelling)."""
+        out = {}
+        for key, value in state.items():
+            if key not in self.to_pc3d_names:
+                out[key] = value
+                continue
+            name, kind = self.to_pc3d_names[key]
+            if kind == "row" and value.dim() == 2 and value.shape[0] == 1:
+                value = value.reshape(-1)
+            elif kind == "spconv_1x1" and value.dim() == 5 and value.shape[1:4] == (1, 1, 1):
+                value = value.reshape(value.shape[4], value.shape[0]).T.contiguous()
+            out[name] = value
+        return out
+
+    def to_original(self, state: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+        """pc3d state dict → original names and shapes, in the table's order (the original's)."""
+        unknown = sorted(set(state) - set(self.to_original_names))
+        missing = sorted(set(self.to_original_names) - set(state))
+        if unknown or missing:
+            raise ConfigError(f"{what}: the encoder does not match the original layout "
+                              f"(no counterpart for {_listed(unknown)}; missing {_listed(missing)})")
+        out = {}
+        for original, name, kind in self.entries:
+            value = state[name].detach().to("cpu")
+            if kind == "row":
+                value = value.reshape(1, -1)
+            elif kind == "spconv_1x1":
+                value = value.T.contiguous().reshape(value.shape[0], 1, 1, 1, value.shape[1])
+            out[original] = value.contiguous()
+        return out
+
+    def display(self, key: str) -> str:
+        """A pc3d key as the original spells it (unknown keys as they are)."""
+        return self.to_original_names.get(key, (key, None))[0]

@@ -241,7 +241,7 @@ def _spconv_algo(device: torch.device) -> Any:
 
 
 class SparseConv3d(nn.Module):
-    """One sparse conv layer (no bias; a norm follows in every block that uses it).
+    """One sparse conv layer.
 
     Args:
         in_channels, out_channels: feature widths.
@@ -250,13 +250,15 @@ class SparseConv3d(nn.Module):
         key: kernel-map cache key. Submanifold layers at one resolution share a key;
             an ``up`` names the key of the ``down`` it inverts.
         backend: ``"auto"`` | ``"torch"`` | ``"spconv"``.
+        bias: add a learned ``(C_out,)`` bias to every output voxel (after the conv, on either
+            backend: spconv cannot fuse a bias on CPU).
 
     Shapes:
         ``SparseVoxels`` with ``features (M, C_in)`` → ``features (M', C_out)``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, kind: str, key: str,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", bias: bool = False) -> None:
         super().__init__()
         if kind not in ("submanifold", "down", "up"):
             raise ValueError(f"kind: expected 'submanifold', 'down' or 'up', got {kind!r}")
@@ -267,19 +269,20 @@ class SparseConv3d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, kernel_size, kernel_size, kernel_size, in_channels))
         fan_in = in_channels * kernel_size ** 3 if kind != "up" else in_channels
         nn.init.uniform_(self.weight, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+        self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+                                 ) if bias else None
         self._spconv_layer: Any = None  # built on first spconv use, holds no parameters of its own
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, kind={self.kind}, " \
-               f"key={self.key!r}"
+               f"key={self.key!r}, bias={self.bias is not None}"
 
     def forward(self, x: SparseVoxels) -> SparseVoxels:
         if x.features.shape[1] != self.in_channels:
             raise ValueError(f"{self.key}: expected {self.in_channels} input channels, got {x.features.shape[1]}")
         backend = x.backend if x.backend is not None else resolve_backend(self.backend, "sparse_conv", x.features)
-        if backend == "spconv":
-            return self._forward_spconv(x)
-        return self._forward_torch(x)
+        out = self._forward_spconv(x) if backend == "spconv" else self._forward_torch(x)
+        return out if self.bias is None else out.replace(out.features + self.bias)
 
     def _forward_torch(self, x: SparseVoxels) -> SparseVoxels:
         k3 = self.kernel_size ** 3
@@ -323,7 +326,11 @@ class SparseConv3d(nn.Module):
         tensor = x.to_spconv().replace_feature(x.features)
         if self.kind == "up" and tensor.find_indice_pair(self.key) is None:
             raise ValueError(f"{self.key}: an 'up' conv needs the kernel map of its 'down' conv (same key)")
+        shape_key = f"{self.key}/spconv_fine_shape"
         if self.kind == "down":  # spconv drops voxels beyond the last whole stride; pad the extent
+            x.cache[shape_key] = list(tensor.spatial_shape)
             tensor.spatial_shape = [-(-int(d) // self.kernel_size) * self.kernel_size for d in tensor.spatial_shape]
         out = layer(tensor)
+        if self.kind == "up":  # back on the fine voxels' own extent (not the padded one), so the next up finds it
+            out.spatial_shape = x.cache[shape_key]
         return x.derive(out.features, out.indices, out)

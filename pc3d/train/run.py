@@ -119,13 +119,18 @@ def downstream_encoder(cfg: DictConfig, config_overrides: Mapping[str, Any] | No
 def probe_encoders(cfg: DictConfig) -> dict[str, nn.Module]:
     """``{"pretrained": ..., "random": ...}`` for a frozen-feature probe: the checkpoint's encoder and,
     with ``probe.baseline`` (or ``checkpoint=random``), a random-init encoder of the same architecture
-    seeded with ``seed``."""
+    seeded with ``seed``. ``checkpoint_overrides`` (a mapping, optional) completes the config the
+    checkpoint gives (original files whose weights do not say everything)."""
     from pc3d.hub import encoder_or_random
+
+    from pc3d.utils.config import to_plain
 
     encoders: dict[str, nn.Module] = {}
     config = cfg.get("encoder")
     if str(cfg.checkpoint) != "random":
-        encoders["pretrained"], config, _ = encoder_or_random(cfg.checkpoint, None, seed=int(cfg.seed))
+        overrides = to_plain(cfg.get("checkpoint_overrides") or {})
+        encoders["pretrained"], config, _ = encoder_or_random(cfg.checkpoint, None, seed=int(cfg.seed),
+                                                              config_overrides=overrides or None)
     if cfg.probe.baseline or not encoders:
         encoders["random"] = encoder_or_random("random", config, seed=int(cfg.seed))[0]
     return encoders
