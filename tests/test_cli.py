@@ -209,3 +209,77 @@ def test_detect_on_the_sparse_unet_train_then_eval(tmp_path):
     assert main(["detect", "eval", f"checkpoint={run}", "data.train_scenes=2", "data.val_scenes=1",
                  "data.num_points=2048", f"out_dir={tmp_path / 'eval'}"]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mAP25"] == metrics["mAP25"]
+
+
+def test_resume_extends_a_run_step_for_step(tmp_path, capsys):
+    """2 steps, then 4: the first two logged losses and the step-2 checkpoint stay as they were (a resume
+    that silently restarted from scratch would rewrite both), four lines, "resumed from" is said."""
+    run = tmp_path / "run"
+    common = [*TINY, f"data.root={tmp_path / 'synth'}", *TINY_SYNTH, f"out_dir={run}", "trainer.checkpoint_every=1",
+              "trainer.keep_last=0", "encoder.drop_path_rate=0.1"]
+    assert main(["pretrain", *common, "trainer.max_steps=2"]) == 0
+    first = (run / "losses.jsonl").read_text().splitlines()
+    step2 = run / "checkpoints" / "step_00000002.pt"
+    kept = (step2.read_bytes(), step2.stat().st_mtime_ns)
+    capsys.readouterr()
+    assert main(["pretrain", *common, "trainer.max_steps=4"]) == 0
+    assert f"resumed from {step2} at step 2" in capsys.readouterr().err
+    lines = (run / "losses.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and lines[:2] == first
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+    assert (step2.read_bytes(), step2.stat().st_mtime_ns) == kept
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 4
+
+
+def test_detection_from_a_pretraining_run_starts_from_its_weights(tmp_path, monkeypatch):
+    import torch
+
+    import pc3d.eval.detect as detect
+    from pc3d.hub import load_encoder
+
+    rooms = ["data=synthetic_rooms", "data.train_scenes=2", "data.val_scenes=1", "data.num_points=1024"]
+    pre = tmp_path / "pre"
+    assert main(["pretrain", *rooms, "encoder.embed_dim=48", "encoder.depth=1", "encoder.num_heads=3",
+                 "encoder.num_groups=32", "encoder.group_size=16", "method.decoder_depth=1",
+                 "method.decoder_num_heads=3", "trainer.batch_size=2", "trainer.max_steps=2",
+                 f"out_dir={pre}"]) == 0
+    seen = {}
+    build = detect.build_detector
+
+    def capture(encoder, data, settings):
+        seen["state"] = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        seen["num_groups"] = encoder.num_groups
+        return build(encoder, data, settings)
+
+    monkeypatch.setattr(detect, "build_detector", capture)
+    assert main(["detect", "train", f"checkpoint={pre}", *rooms, "detect.num_groups=48", "detect.group_size=16",
+                 "trainer.batch_size=2", "trainer.max_steps=1", f"out_dir={tmp_path / 'det'}"]) == 0
+    pretrained = load_encoder(pre)[0].state_dict()
+    assert seen["num_groups"] == 48  # more patch tokens for scenes: a resolution setting, same weights
+    assert set(seen["state"]) == set(pretrained)
+    assert all(torch.equal(seen["state"][k], pretrained[k]) for k in pretrained)
+
+
+def test_probe_random_baseline_is_the_seeded_random_run(tmp_path):
+    """The random_* numbers next to a pretrained probe are those of checkpoint=random with the same seed
+    and architecture — not of the pretrained encoder."""
+    from omegaconf import OmegaConf
+
+    from pc3d.eval import extract_global_features
+    from pc3d.train.run import probe_encoders
+
+    run = tmp_path / "run"
+    synth = [f"data.root={tmp_path / 'synth'}", *TINY_SYNTH]
+    assert main(["pretrain", *TINY, *synth, "trainer.max_steps=3", f"out_dir={run}"]) == 0
+    assert main(["probe", f"checkpoint={run}", *synth, "seed=3", f"out_dir={tmp_path / 'with'}"]) == 0
+    encoder = [a for a in TINY if a.startswith("encoder.")]
+    assert main(["probe", "checkpoint=random", *encoder, *synth, "seed=3", f"out_dir={tmp_path / 'random'}"]) == 0
+    both = json.loads((tmp_path / "with" / "metrics.json").read_text())
+    alone = json.loads((tmp_path / "random" / "metrics.json").read_text())
+    compared = [k for k in alone if k.startswith("random_")]  # a random-only probe reports under random_ too
+    assert len(compared) > 5 and all(both[k] == alone[k] for k in compared), compared
+    cfg = OmegaConf.create({"checkpoint": str(run), "seed": 3, "probe": {"baseline": True}})
+    encoders = probe_encoders(cfg)
+    points = np.random.default_rng(0).normal(size=(6, 256, 3)).astype(np.float32)
+    assert not np.allclose(extract_global_features(encoders["pretrained"], points),
+                           extract_global_features(encoders["random"], points))

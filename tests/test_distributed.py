@@ -228,3 +228,37 @@ def test_no_hard_coded_cuda_calls():
     assert len(files) > 20
     offenders = [str(p.relative_to(REPO)) for p in files if ".cuda(" in p.read_text()]
     assert offenders == []
+
+
+def test_sigkill_of_a_two_process_run_then_resume_reproduces_its_losses(tmp_path):
+    """Exact resume under DDP: a 2-process torchrun run killed between checkpoints (every process of it)
+    and resumed gives, step for step, the losses of the uninterrupted 2-process run (drop-path on: each
+    rank's random stream is restored from the checkpoint)."""
+    env, synth, steps = _env(tmp_path), tmp_path / "synth", 24
+    args = ["-m", "pc3d.cli", "pretrain", *TINY, "encoder.drop_path_rate=0.1", f"data.root={synth}",
+            "data.train_per_class=4", "data.test_per_class=1", "data.num_points=256", f"trainer.max_steps={steps}",
+            "trainer.checkpoint_every=5", "trainer.keep_last=0", "device=cpu"]
+    full = _torchrun(2, *args, f"out_dir={tmp_path / 'full'}", env=env)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
+           f"out_dir={killed}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO,
+                            start_new_session=True)
+    target = killed / "checkpoints" / "step_00000010.pt"
+    deadline = time.monotonic() + 240
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers at once
+    proc.wait(timeout=60)
+    assert not (killed / "metrics.json").exists()
+    assert list_checkpoints(killed)[-1].name < f"step_{steps:08d}.pt", "killed too late"
+    before = {p.name: p.stat().st_mtime_ns for p in list_checkpoints(killed)}
+
+    resumed = _torchrun(2, *args, f"out_dir={killed}", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    assert _losses(killed) == _losses(tmp_path / "full")
+    # it continued from the checkpoint: the steps before it were not trained (and written) again
+    assert all((killed / "checkpoints" / name).stat().st_mtime_ns == t for name, t in before.items())

@@ -31,7 +31,22 @@ from pc3d.ops.dense_grid import DenseGrid
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "nerf_mae"
-PRETRAIN, FINETUNE = FIXTURE / "pretrain_ckpt.pt", FIXTURE / "finetune_ckpt.pt"
+PRETRAIN = FIXTURE / "pretrain_ckpt.pt"
+
+
+@pytest.fixture(scope="module")
+def finetune_file(tmp_path_factory):
+    """The original fine-tuned checkpoint, assembled as the original saved it: its backbone is the pretraining
+    file's Swin under ``base.`` (asserted by the original run), plus the FPN / FCOS parameters and the key order
+    stored in ``finetune_new_params.pt`` (the fixture keeps the Swin once, not twice)."""
+    stored = torch.load(FIXTURE / "finetune_new_params.pt", weights_only=True)
+    encoder = torch.load(PRETRAIN, weights_only=True)["state_dict"]
+    backbone = {k: encoder[k[len("base."):]] if k.startswith("base.") else stored["backbone_extra"][k]
+                for k in stored["backbone_keys"]}
+    path = tmp_path_factory.mktemp("nerf_mae") / "finetune_ckpt.pt"
+    torch.save({"epoch": stored["epoch"], "backbone_state_dict": backbone,
+                "fcos_state_dict": stored["fcos_state_dict"], "train_args": stored["train_args"]}, path)
+    return path
 SMALL = {"embed_dim": 6, "depths": [2, 2, 1, 1], "num_heads": [2, 3, 4, 6]}
 
 
@@ -61,7 +76,7 @@ def small_model(width=12, grid_size=32, **kw) -> NeRFMAE:
 
 
 # ------------------------------------------------------------------ fidelity to the original
-def test_imported_encoder_reproduces_every_stage_in_float64(reference):
+def test_imported_encoder_reproduces_every_stage_in_float64(reference, finetune_file):
     encoder, config = load_encoder(PRETRAIN)
     assert config["depths"] == SMALL["depths"] and config["num_heads"] == SMALL["num_heads"]
     encoder = encoder.double()
@@ -80,7 +95,7 @@ def test_imported_encoder_reproduces_every_stage_in_float64(reference):
         assert rel_error(padded.levels[s].to_dense()[0], reference[f"res40_feat{s}_f64"]) < 1e-10
     assert [level.grid_shape for level in padded.levels] == [(10, 10, 10), (5, 5, 5), (3, 3, 3), (2, 2, 2)]
     # the fine-tuned file holds the same Swin under base.: the same features
-    finetuned, _ = load_encoder(FINETUNE)
+    finetuned, _ = load_encoder(finetune_file)
     with torch.no_grad():
         for s, level in enumerate(finetuned.double()(grid).levels):
             assert rel_error(level.to_dense()[0], reference[f"feat{s}_f64"]) < 1e-10
@@ -399,7 +414,7 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
     return text
 
 
-def test_bad_checkpoints_give_one_line_errors(tmp_path):
+def test_bad_checkpoints_give_one_line_errors(tmp_path, finetune_file):
     original = torch.load(PRETRAIN, weights_only=True)
     state = original["state_dict"]
     point_mae = tmp_path / "point_mae.pt"
@@ -428,7 +443,7 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
     assert "pos_embed differs" in _one_line(found)
 
     with pytest.raises(CheckpointError) as found:
-        import_nerf_mae_model(FINETUNE)
+        import_nerf_mae_model(finetune_file)
     assert "fine-tuned" in _one_line(found)
 
 

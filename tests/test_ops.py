@@ -501,3 +501,18 @@ def test_accelerator_backends_agree_with_torch(backend):
         a = torch.rand(4, 1000, 3, device=device)
         torch.testing.assert_close(chamfer_l2(a, points, "none", backend=backend),
                                    chamfer_l2(a, points, "none", backend="torch"))
+
+
+def test_geometry_ops_keep_float32_under_bf16_autocast():
+    """The claim behind trainer.precision=bf16: FPS / kNN / Chamfer give the float32 result inside autocast."""
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(2, 1024, 3, generator=generator) * 10 + 100  # far from the origin: bf16 would lose it
+    query = points[:, :200] + 0.001
+    other = torch.rand(2, 700, 3, generator=generator) * 10 + 100
+    expected = (farthest_point_sample(points, 64), knn(query, points, 8), chamfer_l2(points, other))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = (farthest_point_sample(points, 64), knn(query, points, 8), chamfer_l2(points, other))
+    assert torch.equal(got[0], expected[0])
+    assert torch.equal(got[1][1], expected[1][1]) and got[1][0].dtype == torch.float32
+    assert torch.equal(got[1][0], expected[1][0])
+    assert got[2].dtype == torch.float32 and torch.equal(got[2], expected[2])

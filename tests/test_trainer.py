@@ -163,6 +163,15 @@ def test_bad_trainer_settings(tmp_path):
         Trainer(ToyMethod(), ToyDataset(), config(device="cuda"), tmp_path)
 
 
+def test_cuda_refusal_when_cuda_is_reported_unavailable(tmp_path, monkeypatch):
+    """The refusal itself, on any machine (a GPU machine included): CUDA reported missing."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"device='{name}' requested but CUDA is not available"):
+            Trainer(ToyMethod(), ToyDataset(), config(device=name), tmp_path)
+    assert not tmp_path.joinpath("checkpoints").exists()
+
+
 def _tiny_point_mae():
     from pc3d.encoders import PointViT
     from pc3d.methods import PointMAE
