@@ -1,6 +1,7 @@
 """ShapeNet-55 / 34 (Point-BERT's ``ShapeNet55-34`` download) → the prepared object cache (:mod:`pc3d.data.shapenet`).
 
-    pc3d prep shapenet src=ShapeNet55-34 dst=DST [benchmark=shapenet55|shapenet34] [num_points=8192] [seed=0] [force=true]
+    pc3d prep shapenet55 src=ShapeNet55-34 dst=DST [num_points=8192] [seed=0] [force=true]
+    pc3d prep shapenet34 src=ShapeNet55-34 dst=DST ...                 (the ShapeNet-34 lists)
     python -m data_prep.shapenet SRC DST [--benchmark shapenet55] [--num-points 8192] [--seed 0] [--force]
 """
 
@@ -17,7 +18,7 @@ __all__ = ["main", "prep_command"]
 
 
 def prep_command(cfg) -> dict[str, Any]:
-    """``pc3d prep shapenet`` (``configs/prep/shapenet.yaml``)."""
+    """``pc3d prep shapenet55|shapenet34`` (``configs/prep/shapenet55.yaml``, ``shapenet34.yaml``)."""
     result = prepare_shapenet(cfg.src, cfg.dst, benchmark=cfg.benchmark, num_points=cfg.num_points, seed=cfg.seed,
                               force=cfg.force)
     print(object_summary(result, str(cfg.dst)))

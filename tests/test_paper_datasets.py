@@ -66,7 +66,7 @@ def shapenet_tree(tmp_path) -> Path:
 
 def test_shapenet55_prepared_as_point_mae_reads_it(shapenet_tree, tmp_path, capsys):
     dst = tmp_path / "sn55"
-    code, err = run_cli(["prep", "shapenet", f"src={shapenet_tree}", f"dst={dst}"], capsys)
+    code, err = run_cli(["prep", "shapenet55", f"src={shapenet_tree}", f"dst={dst}"], capsys)
     assert code == 0, err
     cache = load_object_cache(dst)
     assert cache.class_names == list(SYNSETS) and cache.manifest["dataset"] == "shapenet55"
@@ -89,17 +89,22 @@ def test_shapenet55_prepared_as_point_mae_reads_it(shapenet_tree, tmp_path, caps
     assert not np.array_equal(first.numpy(), pretrain[0]["points"].numpy())
     pretrain.set_epoch(0)
     np.testing.assert_array_equal(first.numpy(), pretrain[0]["points"].numpy())
-    code, err = run_cli(["prep", "shapenet", f"src={shapenet_tree}", f"dst={dst}"], capsys)
+    code, err = run_cli(["prep", "shapenet55", f"src={shapenet_tree}", f"dst={dst}"], capsys)
     assert code == 0 and "up to date" in run_cli.out, err
 
 
-def test_shapenet34_has_its_own_lists(shapenet_tree, tmp_path):
-    manifest, built = prepare_shapenet(shapenet_tree, tmp_path / "sn34", benchmark="shapenet34", num_points=2048)
-    assert built and manifest["classes"] == list(SYNSETS[:2]) and manifest["num_shapes"] == 6
+def test_shapenet34_has_its_own_lists(shapenet_tree, tmp_path, capsys):
+    code, err = run_cli(["prep", "shapenet34", f"src={shapenet_tree}", f"dst={tmp_path / 'sn34'}", "num_points=2048"],
+                        capsys)
+    assert code == 0, err
+    manifest = load_object_cache(tmp_path / "sn34").manifest
+    assert manifest["classes"] == list(SYNSETS[:2]) and manifest["num_shapes"] == 6
     cache = load_object_cache(tmp_path / "sn34", lazy=True)
     assert cache.points.shape == (6, 2048, 3) and np.abs(np.linalg.norm(cache.points[:], axis=2).max() - 1) < 1e-6
     with pytest.raises(ConfigError, match="dataset='shapenet55'"):  # a cache of the other benchmark is refused
         shapenet_data(str(tmp_path / "sn34"))
+    assert call_target({"_target_": "pc3d.data.object_data.shapenet_data", "root": str(tmp_path / "sn34"),
+                        "benchmark": "shapenet34"}, "data").class_names == list(SYNSETS[:2])
 
 
 def _break_shapenet(src: Path) -> dict[str, tuple]:
@@ -121,7 +126,7 @@ def test_shapenet_wrong_layout_is_one_line_and_writes_nothing(shapenet_tree, tmp
     breaker, named = _break_shapenet(shapenet_tree)[case]
     breaker()
     dst = tmp_path / "out"
-    code, err = run_cli(["prep", "shapenet", f"src={shapenet_tree}", f"dst={dst}"], capsys)
+    code, err = run_cli(["prep", "shapenet55", f"src={shapenet_tree}", f"dst={dst}"], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and named in err, err
     assert not dst.exists() and not list(tmp_path.glob(".out*"))
 

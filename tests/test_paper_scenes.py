@@ -172,3 +172,22 @@ def test_prepared_scans_are_read_lazily_and_give_the_same_samples(release, tmp_p
     (dst / SCANS[0] / "colors.npy").unlink()  # read only when used, with the file named
     with pytest.raises(DataFormatError, match="colors.npy"):
         scannet_scenes(dst).scenes("train")[0].colors
+
+
+@pytest.mark.slow
+def test_s3dis_prep_then_msm_pretrain_then_probe_on_area5(s3dis_tree, tmp_path, capsys):
+    """The README's S3DIS commands: prep, pretrain MSM, probe scored on Area 5."""
+    src, _ = s3dis_tree
+    data = tmp_path / "s3dis_prepared"
+    small = ["encoder=sparse_unet", "encoder.channels=[8,16,16,16,16]", "encoder.dec_channels=[16,16,16,8]",
+             "encoder.blocks=[1,1,1,1,1]", "encoder.dec_blocks=[1,1,1,1]", "encoder.voxel_size=0.2",
+             "encoder.stem_kernel=3", "encoder.window_size=32", "encoder.head_dim=8", "device=cpu"]
+    assert cli_main(["prep", "s3dis", f"src={src}", f"dst={data}"]) == 0
+    run = tmp_path / "msm"
+    assert cli_main(["pretrain", "method=msm", "data=s3dis", f"data.root={data}", "data.crop_points=2000", *small,
+                     "trainer.batch_size=1", "trainer.max_steps=2", f"out_dir={run}"]) == 0, capsys.readouterr().err
+    assert cli_main(["probe", "probe=scene_linear", f"checkpoint={run}", "data=s3dis", f"data.root={data}",
+                     "probe.steps=5", "device=cpu", f"out_dir={run / 'probe'}"]) == 0, capsys.readouterr().err
+    metrics = json.loads((run / "probe" / "metrics.json").read_text())
+    assert metrics["train_scans"] == ["Area_1_office_1"] and metrics["val_scans"] == ["Area_5_hallway_1"]
+    assert 0.0 <= metrics["miou"] <= 1.0

@@ -1,6 +1,6 @@
 """Object datasets as the CLI sees them: a prepared cache plus the seeded splits.
 
-``data=synthetic_shapes``, ``data=modelnet10``, ``data=modelnet40``, ``data=shapenet`` and
+``data=synthetic_shapes``, ``data=modelnet10``, ``data=modelnet40``, ``data=shapenet55|shapenet34`` and
 ``data=scanobjectnn`` resolve to :class:`ObjectData` through the functions below (the ``_target_``
 of ``configs/data/*.yaml``). ``data.root`` is a prepared cache (``pc3d prep NAME``) or the raw
 download, prepared on first use into ``data.cache_dir`` (default under ``$PC3D_CACHE``). The cache
@@ -142,10 +142,10 @@ def modelnet_data(root: str, cache_dir: str | None = None, num_points: int = 102
 def shapenet_data(root: str, cache_dir: str | None = None, benchmark: str = "shapenet55", num_points: int = 1024,
                   stored_points: int = 8192, val_fraction: float = 0.2, split_seed: int = 0,
                   pretrain_subset: str = "train", seed: int = 0) -> ObjectData:
-    """ShapeNet-55 / 34 (``configs/data/shapenet.yaml``): Point-MAE's pretraining set (:mod:`pc3d.data.shapenet`)."""
+    """ShapeNet-55 / 34 (``configs/data/shapenet55.yaml``, ``shapenet34.yaml``): Point-MAE's pretraining set (:mod:`pc3d.data.shapenet`)."""
     from pc3d.data.shapenet import prepare_shapenet
 
-    prepared = _object_cache(root, cache_dir, "shapenet", f"{benchmark}-{stored_points}", {"dataset": benchmark},
+    prepared = _object_cache(root, cache_dir, benchmark, f"{benchmark}-{stored_points}", {"dataset": benchmark},
                              lambda src, dst: prepare_shapenet(src, dst, benchmark=benchmark,
                                                                num_points=stored_points, seed=split_seed))
     return _split(load_object_cache(prepared, lazy=True), num_points, val_fraction, split_seed, pretrain_subset, seed,
