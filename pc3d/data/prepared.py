@@ -293,7 +293,13 @@ class LazyPoints:
         index = int(index) % self.shape[0]
         out = np.empty(self.shape[1:], dtype=np.float32)
         nbytes = out.nbytes
-        got = os.preadv(self._handle(), [out], self.offset + index * nbytes)
+        position = self.offset + index * nbytes
+        if hasattr(os, "preadv"):  # straight into the array
+            got = os.preadv(self._handle(), [out], position)
+        else:
+            data = os.pread(self._handle(), nbytes, position)
+            got = len(data)
+            out.reshape(-1)[: got // 4] = np.frombuffer(data[: got - got % 4], dtype="<f4")
         if got != nbytes:
             raise DataFormatError(f"{self.path}: shape {index} is truncated ({got} of {nbytes} bytes)")
         if not np.isfinite(out).all():
