@@ -27,3 +27,10 @@ def scene_summary(src: object, dst: object, manifest: dict) -> str:
     scenes = manifest["scenes"]
     return (f"prepared {src} → {dst}: {len(scenes)} scenes, {sum(s['points'] for s in scenes.values())} points, "
             f"{len(manifest['class_names'])} classes")
+
+
+def object_summary(result: tuple[dict, bool], dst: object) -> str:
+    """The line ``pc3d prep`` prints after an object-cache conversion (``result``: ``(manifest, rebuilt)``)."""
+    manifest, rebuilt = result
+    return (f"{'prepared' if rebuilt else 'up to date:'} {manifest['num_shapes']} shapes, "
+            f"{len(manifest['classes'])} classes, {manifest['num_points']} points each -> {dst}")

@@ -22,7 +22,8 @@ from pc3d.data.io import (
     read_txt,
     sample_mesh_surface,
 )
-from pc3d.data.prepared import ObjectCache, load_object_cache, read_manifest, write_object_cache
+from pc3d.data.prepared import (LazyPoints, ObjectCache, load_object_cache, read_manifest, write_object_cache,
+                                write_object_cache_streamed)
 from pc3d.data.synthetic_shapes import (
     SYNTHETIC_CLASSES,
     generate_synthetic_shapes,
@@ -64,8 +65,10 @@ __all__ = [
     "normalize_unit_sphere",
     "random_subsample",
     "scale_and_translate",
+    "LazyPoints",
     "ObjectCache",
     "write_object_cache",
+    "write_object_cache_streamed",
     "load_object_cache",
     "read_manifest",
     "stratified_split",

@@ -55,7 +55,8 @@ from pc3d.data.transforms import normalize_unit_sphere
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
 
-__all__ = ["PREP_VERSION", "RECOGNISED_SUFFIXES", "prepare_modelnet", "prepare_modelnet_tree", "scan_tree"]
+__all__ = ["PREP_VERSION", "RECOGNISED_SUFFIXES", "file_seed", "fit_to_count", "prepare_modelnet", "prepare_modelnet_tree",
+           "scan_tree"]
 
 #: bump when the conversion changes in a way that should invalidate existing caches
 PREP_VERSION = 1
@@ -131,11 +132,12 @@ def _stat_listing(src: Path, entries: list[tuple[str, int, str]]) -> list[list[A
     return listing
 
 
-def _file_seed(seed: int, rel: str) -> list[int]:
+def file_seed(seed: int, rel: str) -> list[int]:
+    """The seed entropy of one source file: ``[seed, crc32(rel)]`` (independent of the other files)."""
     return [int(seed), zlib.crc32(os.fsencode(rel))]
 
 
-def _fit_to_count(xyz: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+def fit_to_count(xyz: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     """``(N,3)`` → ``(n,3)``: random subset in random order if N > n, all + duplicates if N < n."""
     count = xyz.shape[0]
     if count == n:
@@ -190,11 +192,11 @@ def prepare_modelnet_tree(src: str | os.PathLike, dst: str | os.PathLike, *, num
     hasher = hashlib.sha256()
     for i, (rel, label, split) in enumerate(progress(entries, desc="prep modelnet")):
         path = src_p / rel
-        file_seed = _file_seed(seed, rel)
-        surface_seed = int(np.random.SeedSequence(file_seed + [0]).generate_state(1)[0])
+        seeds = file_seed(seed, rel)
+        surface_seed = int(np.random.SeedSequence(seeds + [0]).generate_state(1)[0])
         cloud = read_points(path, num_surface_points=num_surface_points, seed=surface_seed)
-        rng = np.random.default_rng(file_seed + [1])
-        xyz, up = _fit_to_count(cloud.points, num_points, rng)
+        rng = np.random.default_rng(seeds + [1])
+        xyz, up = fit_to_count(cloud.points, num_points, rng)
         if up:
             upsampled.append(rel)
         xyz = normalize_unit_sphere(xyz)

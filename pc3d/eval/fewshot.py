@@ -8,6 +8,12 @@ are always disjoint. A fold is a pure function of ``(seed, N, K, fold)``. Every 
 must have K support and ``queries_per_class`` query candidates (checked for all classes, so whether
 a setting runs never depends on which classes a seed draws).
 
+With ``fewshot.folds_file=FILE`` the episodes are read from a JSON fold file instead (Point-MAE's
+published ModelNet40 folds, converted once by ``pc3d prep fewshot_folds``; :mod:`pc3d.data.fewshot_folds`):
+fold ``i`` of ``[N, K]`` is the file's fold ``i`` of ``<N>w<K>s``, its shapes found in the data by name,
+supports in the train split and queries in the test split (``fewshot.queries_per_class`` is then the
+file's, not the config's).
+
 Each fold fine-tunes a fresh :class:`~pc3d.eval.classifier.ObjectClassifier` with an N-way head
 from the same initial encoder (see :func:`pc3d.eval.finetune.initial_encoder`) on the N·K support
 shapes with scale-and-translate augmentation, by the one :class:`~pc3d.train.Trainer` (Point-MAE
@@ -58,9 +64,10 @@ from pc3d.utils.progress import get_logger
 log = get_logger(__name__)
 RESULT_FILE = "result.json"
 FEWSHOT_SETTINGS = {**HEAD_SETTINGS, "settings": Setting(Any), "folds": Setting(int, 1),
-                    "queries_per_class": Setting(int, 1), "keep_checkpoints": Setting(bool)}
+                    "queries_per_class": Setting(int, 1), "keep_checkpoints": Setting(bool),
+                    "folds_file": Setting(str, optional=True)}
 
-__all__ = ["FewShotFold", "RESULT_FILE", "fewshot_pools", "fold_dir", "fold_seed", "parse_settings",
+__all__ = ["FewShotFold", "RESULT_FILE", "fewshot_pools", "fold_dir", "fold_seed", "folds_from_file", "parse_settings",
            "run_fewshot", "sample_fold", "train_fold"]
 
 
@@ -154,6 +161,67 @@ def sample_fold(labels: np.ndarray, support_pool: np.ndarray, query_pool: np.nda
     return FewShotFold(classes=classes.astype(np.int64), support=np.concatenate(support).astype(np.int64),
                        support_labels=np.repeat(local, shot), query=np.concatenate(query).astype(np.int64),
                        query_labels=np.repeat(local, queries))
+
+
+def folds_from_file(path: str | Path, data: ObjectData, settings: Sequence[tuple[int, int]],
+                    folds: int) -> dict[tuple[int, int, int], FewShotFold]:
+    """The episodes ``{(N, K, i): fold}`` of a JSON fold file for ``settings`` and folds ``0..folds-1``.
+
+    Raises:
+        ConfigError: a setting the file does not hold, or more folds asked for than it has.
+        DataFormatError: a class or shape the data does not have, a support outside the train split or a
+            query outside the test split, or a fold whose counts are not N classes of K supports.
+    """
+    from pc3d.data.fewshot_folds import read_fold_file
+
+    path = Path(path)
+    content = read_fold_file(path)
+    class_ids = {name: i for i, name in enumerate(data.class_names)}
+    index = {str(name): i for i, name in enumerate(np.asarray(data.cache.names).tolist())}
+    train, test = set(data.train.tolist()), set(data.test.tolist())
+    episodes: dict[tuple[int, int, int], FewShotFold] = {}
+    for way, shot in settings:
+        name = setting_name(way, shot)
+        records = content["settings"].get(name)
+        if records is None:
+            raise ConfigError(f"fewshot.settings: {name} is not in fewshot.folds_file={path} (it holds "
+                              f"{', '.join(sorted(content['settings']))})")
+        if folds > len(records):
+            raise ConfigError(f"fewshot.folds={folds} but fewshot.folds_file={path} holds {len(records)} folds of {name}")
+        for i, record in enumerate(records[:folds]):
+            where = f"{path}: {name} fold {i}"
+            unknown = [c for c in record["classes"] if c not in class_ids]
+            if unknown:
+                raise DataFormatError(f"{where}: class {unknown[0]!r} is not a class of the data")
+            classes = np.array(sorted(class_ids[c] for c in record["classes"]), dtype=np.int64)
+            if len(classes) != way or len(set(classes.tolist())) != way:
+                raise DataFormatError(f"{where}: {len(record['classes'])} classes, {name} needs {way}")
+            position = {int(c): j for j, c in enumerate(classes)}
+            parts = {}
+            for part, pool, split in (("support", train, "train"), ("query", test, "test")):
+                missing = [n for n in record[part] if n not in index]
+                if missing:
+                    raise DataFormatError(f"{where}: shape {missing[0]!r} is not in the data ({data.cache.root})")
+                shapes = np.array([index[n] for n in record[part]], dtype=np.int64)
+                outside = [n for n, s in zip(record[part], shapes) if int(s) not in pool]
+                if outside:
+                    raise DataFormatError(f"{where}: {part} shape {outside[0]!r} is not in the data's {split} split")
+                labels = data.cache.labels[shapes]
+                stray = [n for n, c in zip(record[part], labels) if int(c) not in position]
+                if stray:
+                    raise DataFormatError(f"{where}: {part} shape {stray[0]!r} is of none of the fold's classes")
+                local = np.array([position[int(c)] for c in labels], dtype=np.int64)
+                order = np.lexsort((shapes, local))  # class-major, as sample_fold
+                parts[part] = (shapes[order], local[order])
+            counts = np.bincount(parts["support"][1], minlength=way)
+            if not (counts == shot).all():
+                raise DataFormatError(f"{where}: supports per class {counts.tolist()}, {name} needs {shot}")
+            if np.intersect1d(parts["support"][0], parts["query"][0]).size:
+                raise DataFormatError(f"{where}: a shape is both a support and a query")
+            episodes[way, shot, i] = FewShotFold(classes=classes, support=parts["support"][0],
+                                                 support_labels=parts["support"][1], query=parts["query"][0],
+                                                 query_labels=parts["query"][1])
+    return episodes
 
 
 def fold_seed(seed: int, way: int, shot: int, fold: int) -> int:
@@ -260,17 +328,25 @@ def run_fewshot(cfg) -> dict[str, Any]:
     data = call_target(cfg.data, "data")
     settings = parse_settings(protocol["settings"], len(data.class_names))
     support_pool, query_pool, support_split, query_split = fewshot_pools(data)
-    episodes = {(way, shot, i): sample_fold(data.cache.labels, support_pool, query_pool, way=way, shot=shot,
-                                            queries=queries, seed=cfg.seed, fold=i, class_names=data.class_names,
-                                            pool_names=(support_split, query_split))
-                for way, shot in settings for i in range(folds)}
+    if protocol.get("folds_file"):
+        if not len(data.test):
+            raise ConfigError("fewshot.folds_file: the published folds take queries from a test split, and the data "
+                              "has none")
+        episodes = folds_from_file(protocol["folds_file"], data, settings, folds)
+        query_split = "test"
+    else:
+        episodes = {(way, shot, i): sample_fold(data.cache.labels, support_pool, query_pool, way=way, shot=shot,
+                                                queries=queries, seed=cfg.seed, fold=i, class_names=data.class_names,
+                                                pool_names=(support_split, query_split))
+                    for way, shot in settings for i in range(folds)}
     encoder, encoder_config, init = initial_encoder(cfg.checkpoint, cfg.encoder, cls_token=protocol["cls_token"],
                                                     seed=cfg.seed)
     run_config = {**to_plain(cfg), "encoder": encoder_config}
     check_sample(encoder, {"points": data.points(data.train[:1])[0]})
     out = start_run(run_config)  # checks out_dir (a run of other settings is refused), then takes it
 
-    metrics: dict[str, Any] = {"init": init, "query_split": query_split}
+    metrics: dict[str, Any] = {"init": init, "query_split": query_split,
+                               "folds_from": str(protocol.get("folds_file") or "seeded")}
     trainer_settings = to_plain(cfg.trainer)
     for way, shot in settings:
         name = setting_name(way, shot)
