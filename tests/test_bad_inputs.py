@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_shared
 from pc3d.cli import main
 from pc3d.errors import CheckpointError
 from pc3d.hub import load_encoder, save_encoder
@@ -229,6 +230,16 @@ CASES = [
     ("scene_probe_on_object_data", lambda f: ["probe", "probe=scene_linear", "checkpoint=random",
                                               "encoder=sparse_unet", *f["synth"]],
      "the scene probe needs scans with labels"),
+    ("scene_probe_train_turns_three", lambda f: ["probe", "probe=scene_linear", "checkpoint=random",
+                                                 "encoder=sparse_unet", "probe.train_turns=3", *f["synth"]],
+     "probe.train_turns=3"),
+    ("scene_probe_unknown_alignment", lambda f: ["probe", "probe=scene_knn", "checkpoint=random",
+                                                 "encoder=sparse_unet", "probe.align=gravity", *f["synth"]],
+     "probe.align='gravity'"),
+    ("detect_axis_aligned_val_turned_45", lambda f: ["detect", "train", "checkpoint=random", "data=scannet",
+                                                     f"data.root={require_shared('scannet')}",
+                                                     "detect.val_rotation=45", "data.num_points=512"],
+     "detect.val_rotation=45: this data's boxes are axis-aligned"),
     ("detect_eval_on_a_pretrain_run", lambda f: ["detect", "eval", f"checkpoint={f['good_run']}",
                                                  "data.train_scenes=1", "data.val_scenes=1", "data.num_points=512"],
      "not a `pc3d detect train` checkpoint"),

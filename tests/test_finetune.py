@@ -1,7 +1,6 @@
 """Fine-tuning evaluator (pc3d.eval.finetune): class-token loading, training, voting, metrics."""
 
 import json
-import re
 
 import numpy as np
 import pytest

@@ -19,7 +19,7 @@ from pc3d.data.fewshot_folds import convert_point_mae_folds, read_fold_file
 from pc3d.data.modelnet40 import prepare_modelnet40
 from pc3d.data.object_data import modelnet40_data, scanobjectnn_data, shapenet_data
 from pc3d.data.prepared import LazyPoints, load_object_cache
-from pc3d.data.scanobjectnn import SCANOBJECTNN_CLASSES, prepare_scanobjectnn
+from pc3d.data.scanobjectnn import SCANOBJECTNN_CLASSES
 from pc3d.data.shapenet import prepare_shapenet
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.eval.fewshot import folds_from_file

@@ -8,7 +8,7 @@ import torch
 
 from pc3d.encoders.base import FeatureLevel
 from pc3d.errors import ConfigError
-from pc3d.eval.scene_probe import (ProbeFeatures, effective_rank, knn_probe, linear_probe, sample_level, scene_point_features,
+from pc3d.eval.scene_probe import (effective_rank, knn_probe, linear_probe, sample_level, scene_point_features,
                                    segmentation_metrics)
 
 
@@ -82,12 +82,16 @@ def test_linear_and_knn_probes_separate_clusters_and_ignore_unlabelled():
     x, y = _clusters(1)
     y[:100] = -1
     vx, vy = _clusters(2)
-    data = ProbeFeatures(x, y, vx, vy)
-    for predict in (linear_probe(data, 4, steps=200, seed=0), knn_probe(data, 4, k=10)):
-        assert (predict == vy.numpy()).mean() > 0.95
-    np.testing.assert_array_equal(linear_probe(data, 4, steps=50, seed=3), linear_probe(data, 4, steps=50, seed=3))
-    shuffled = ProbeFeatures(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))], vx, vy)
-    assert (linear_probe(shuffled, 4, steps=200) == vy.numpy()).mean() < 0.6  # labels carry the signal
+    for score in (linear_probe(x, y, 4, steps=200, seed=0), knn_probe(x, y, 4, k=10)):
+        probabilities = score(vx)
+        assert probabilities.shape == (len(vx), 4)
+        torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(len(vx)))
+        assert (probabilities.argmax(dim=1) == vy).float().mean() > 0.95
+    torch.testing.assert_close(linear_probe(x, y, 4, steps=50, seed=3)(vx), linear_probe(x, y, 4, steps=50, seed=3)(vx))
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
+    assert (linear_probe(x, shuffled, 4, steps=200)(vx).argmax(dim=1) == vy).float().mean() < 0.6  # labels carry the signal
+    with pytest.raises(ConfigError, match="no labelled points"):
+        knn_probe(x, torch.full_like(y, -1), 4)
 
 
 def test_scene_point_features_cover_every_point(shared_data):

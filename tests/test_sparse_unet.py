@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +19,7 @@ from pc3d.data.base import SampleDataset
 from pc3d.data.detection_scenes import (SCANNET_CLASSES, SUNRGBD_CLASSES, DetectionScene, read_scannet_scene,
                                         read_sunrgbd_frame)
 from pc3d.data.synthetic_rooms import ROOM_CLASSES, generate_room
-from pc3d.data.transforms import augment_scene, random_subsample
+from pc3d.data.transforms import augment_scene, random_subsample, rotate_scene_quarter_turns, rotate_scene_z
 from pc3d.errors import ConfigError, DataFormatError
 
 
@@ -36,6 +36,21 @@ class DetectionData:
     max_rotation: float = float(np.pi / 6)
     scale_range: tuple[float, float] = (0.85, 1.15)
     seed: int = 0
+    quarter_turns: bool = False
+    val_rotation: float = 0.0
+
+    def rotated_val(self, degrees: float) -> "DetectionData":
+        """The same data with every val scene turned in place by ``degrees`` about z (about the centre of
+        its points' bounding box), boxes with it: a rescan in another orientation. Axis-aligned data
+        takes multiples of 90° only (its boxes stay axis-aligned: ``dx`` and ``dy`` swap on odd turns)."""
+        degrees = float(degrees)
+        if degrees % 360 == 0:
+            return self
+        if not self.oriented and degrees % 90 != 0:
+            raise ConfigError(f"detect.val_rotation={degrees:g}: this data's boxes are axis-aligned, so the val "
+                              "scenes can only be turned by multiples of 90 degrees")
+        return replace(self, val=[rotated_detection_scene(s, degrees, quarter_turns=not self.oriented)
+                                  for s in self.val])
 
     def pretrain_dataset(self, augment: bool = True) -> "DetectionDataset":
         """The train scenes for self-supervised pretraining (``pc3d pretrain data=synthetic_rooms``),
@@ -47,7 +62,8 @@ class DetectionData:
         if scenes is None:
             raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
         return DetectionDataset(scenes, self.num_points, augment=augment, seed=seed, flip_axes=self.flip_axes,
-                                max_rotation=self.max_rotation, scale_range=self.scale_range)
+                                max_rotation=self.max_rotation, scale_range=self.scale_range,
+                                quarter_turns=self.quarter_turns)
 
 
 class DetectionDataset(SampleDataset):
@@ -62,12 +78,13 @@ class DetectionDataset(SampleDataset):
 
     def __init__(self, scenes: Sequence[DetectionScene], num_points: int, augment: bool, seed: int,
                  flip_axes: tuple[int, ...] = (0,), max_rotation: float = float(np.pi / 6),
-                 scale_range: tuple[float, float] = (0.85, 1.15)) -> None:
+                 scale_range: tuple[float, float] = (0.85, 1.15), quarter_turns: bool = False) -> None:
         if not scenes:
             raise DataFormatError("the detection dataset has no scenes")
         self.scenes = list(scenes)
         self.num_points, self.augment, self.seed = num_points, augment, seed
         self.flip_axes, self.max_rotation, self.scale_range = tuple(flip_axes), max_rotation, tuple(scale_range)
+        self.quarter_turns = quarter_turns
         self.max_boxes = max(1, max(len(s.boxes) for s in self.scenes))
         self.epoch = 0
 
@@ -84,7 +101,8 @@ class DetectionDataset(SampleDataset):
         table, boxes = random_subsample(table, self.num_points, rng), scene.boxes  # colours ride along
         if self.augment:
             table, boxes = augment_scene(table, boxes, rng, flip_axes=self.flip_axes,
-                                         max_rotation=self.max_rotation, scale_range=self.scale_range)
+                                         max_rotation=self.max_rotation, scale_range=self.scale_range,
+                                         quarter_turns=self.quarter_turns)
         points = table[:, :3]
         gt_boxes = np.zeros((self.max_boxes, 7), dtype=np.float32)
         gt_labels = np.full(self.max_boxes, -1, dtype=np.int64)
@@ -95,6 +113,23 @@ class DetectionDataset(SampleDataset):
         if scene.colors is not None:
             sample["colors"] = torch.from_numpy(np.ascontiguousarray(table[:, 3:6], dtype=np.float32))
         return sample
+
+
+def rotated_detection_scene(scene: DetectionScene, degrees: float, quarter_turns: bool) -> DetectionScene:
+    """``scene`` turned in place by ``degrees`` about z (about its points' bounding-box centre), boxes with it:
+    ``quarter_turns`` (axis-aligned boxes, ``degrees`` a multiple of 90) keeps them axis-aligned, otherwise
+    their yaw turns."""
+    centre = (scene.points.min(axis=0) + scene.points.max(axis=0)) / 2
+    centre[2] = 0.0
+    points, boxes = scene.points - centre, scene.boxes.copy()
+    boxes[:, :3] -= centre
+    if quarter_turns:
+        points, boxes = rotate_scene_quarter_turns(points, boxes, int(round(degrees / 90)))
+    else:
+        points, boxes = rotate_scene_z(points, boxes, float(np.deg2rad(degrees)))
+    boxes[:, :3] += centre
+    return replace(scene, name=f"{scene.name}@rot{degrees:g}", points=(points + centre).astype(np.float32),
+                   boxes=boxes.astype(np.float32))
 
 
 def synthetic_rooms_data(train_scenes: int = 64, val_scenes: int = 16, num_points: int = 8192,
@@ -123,7 +158,8 @@ def scannet_data(root: str | os.PathLike, train: Sequence[str], val: Sequence[st
     train_scenes = [read_scannet_scene(root / name) for name in _names(train, "train")]
     val_scenes = [read_scannet_scene(root / name) for name in _names(val, "val")] if val else train_scenes
     return DetectionData(train_scenes, val_scenes, SCANNET_CLASSES, oriented=False, num_points=num_points,
-                         flip_axes=(0, 1), max_rotation=float(np.pi / 36), seed=seed)
+                         flip_axes=(0, 1), max_rotation=float(np.pi / 36), seed=seed, quarter_turns=True,
+                         val_rotation=90.0)
 
 
 def sunrgbd_data(root: str | os.PathLike, train: Sequence[str], val: Sequence[str] | None = None,

@@ -40,12 +40,14 @@ import numpy as np
 from pc3d.data.detection_scenes import SCANNET_NYU40_IDS
 from pc3d.data.folders import FolderItem, read_format_manifest, read_splits, write_prepared_folder
 from pc3d.data.io import read_array, read_json
+from pc3d.data.transforms import yaw_rotation
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.atomic import atomic_replace_dir, atomic_write
 
 __all__ = ["SCANNET20_CLASSES", "SCANNET20_NYU40_IDS", "S3DIS_CLASSES", "SCENE_FORMAT", "SCENE_FORMAT_V1",
            "SCENE_FIELDS", "Scene",
-           "SceneSource", "nyu40_to_scannet20", "check_scene", "default_splits", "write_scene", "read_scene",
+           "SceneSource", "nyu40_to_scannet20", "check_scene", "posed_scene", "rotated_scene", "wall_yaw", "wall_aligned_scene",
+           "default_splits", "write_scene", "read_scene",
            "read_scene_manifest", "read_scene_splits", "read_json", "scene_class_names", "load_scenes",
            "find_scannet_numpy_scenes", "read_scannet_numpy_scene", "write_scene_folder"]
 
@@ -91,6 +93,59 @@ class Scene:
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
+
+
+def posed_scene(scene: Scene, rotation: np.ndarray, scale: float = 1.0, name: str | None = None) -> Scene:
+    """The scan moved in place: points turned by ``rotation (3, 3)`` and scaled by ``scale`` about the
+    centre of their bounding box, normals turned (mirrored with the points when ``rotation`` is a
+    reflection); colours and labels unchanged."""
+    rotation = np.asarray(rotation, dtype=np.float64)
+    if rotation.shape != (3, 3) or not np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-6):
+        raise ValueError(f"rotation must be an orthogonal (3, 3) matrix, got shape {rotation.shape}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    points = np.asarray(scene.points, dtype=np.float64)
+    centre = (points.min(axis=0) + points.max(axis=0)) / 2
+    moved = (points - centre) @ rotation.T * scale + centre
+    normals = np.asarray(scene.normals, dtype=np.float64) @ rotation.T
+    return Scene(scene.name if name is None else name, moved.astype(np.float32), scene.colors,
+                 normals.astype(np.float32), scene.segment, scene.instance)
+
+
+def rotated_scene(scene: Scene, degrees: float) -> Scene:
+    """The scan turned in place by ``degrees`` about the vertical (z) axis: a rescan of the same room in
+    another orientation. Named ``<name>@rot<degrees>`` (the scan itself when ``degrees`` is 0)."""
+    if float(degrees) % 360 == 0:
+        return scene
+    return posed_scene(scene, yaw_rotation(float(degrees)), name=f"{scene.name}@rot{float(degrees):g}")
+
+
+def wall_yaw(scene: Scene, max_normal_z: float = 0.5) -> float:
+    """The direction of the scan's walls about z, in degrees in (-45, 45]: the angle ``θ`` that makes
+    the horizontal normals of its vertical surfaces (``|n_z| < max_normal_z``) line up with ±x / ±y.
+
+    Rooms are mostly Manhattan-world, so the angle is defined up to quarter turns; it is the circular
+    mean of ``4·φ`` over the normals' azimuths ``φ``, weighted by their squared horizontal length
+    (normals may point either way: ``4·φ`` is the same for ``φ`` and ``φ + 180°``). Turning the scan by
+    ``α`` adds ``α`` to it (mod 90°).
+
+    Raises:
+        ValueError: the scan has no vertical surface to align.
+    """
+    normals = np.asarray(scene.normals, dtype=np.float64)
+    vertical = np.abs(normals[:, 2]) < max_normal_z
+    if not vertical.any():
+        raise ValueError(f"{scene.name}: no vertical surfaces (|normal z| < {max_normal_z}) to find the walls from")
+    x, y = normals[vertical, 0], normals[vertical, 1]
+    resultant = ((x * x + y * y) * np.exp(4j * np.arctan2(y, x))).sum()
+    angle = float(np.degrees(np.angle(resultant)) / 4)
+    return 45.0 if angle <= -45.0 else angle
+
+
+def wall_aligned_scene(scene: Scene) -> Scene:
+    """The scan turned about z by ``-wall_yaw(scene)``, its walls along x and y: any turn of a scan
+    about z becomes a quarter turn of this one (plus the noise of the scan)."""
+    return rotated_scene(scene, -wall_yaw(scene))
 
 
 def check_scene(scene: Scene, files: dict[str, Path | str], num_classes: int | None = None) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["augment_scene", "flip_scene", "normalize_unit_sphere", "random_subsample", "rotate_scene_z",
-           "scale_and_translate", "scale_scene"]
+__all__ = ["augment_scene", "flip_scene", "normalize_unit_sphere", "random_pose", "random_subsample",
+           "rotate_scene_quarter_turns", "rotate_scene_z", "scale_and_translate", "scale_scene", "yaw_rotation"]
 
 
 def _check_xyz(xyz: np.ndarray) -> np.ndarray:
@@ -120,13 +120,18 @@ def scale_scene(points: np.ndarray, boxes: np.ndarray, factor: float) -> tuple[n
 
 def augment_scene(points: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *,
                   flip_axes: tuple[int, ...] = (0,), max_rotation: float = np.pi / 6,
-                  scale_range: tuple[float, float] = (0.85, 1.15)) -> tuple[np.ndarray, np.ndarray]:
+                  scale_range: tuple[float, float] = (0.85, 1.15),
+                  quarter_turns: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """VoteNet-style scene augmentation: each axis in ``flip_axes`` mirrored with p = 0.5, a rotation
     uniform in ±``max_rotation`` about z, a uniform scale in ``scale_range`` (defaults: its SUN RGB-D
-    setting; ScanNet uses flips of x and y and ±π/36)."""
+    setting; ScanNet uses flips of x and y and ±π/36). ``quarter_turns`` (axis-aligned data) first
+    turns the scene by a uniform 0 / 90 / 180 / 270° that keeps its boxes axis-aligned, so a model
+    sees every orientation a rescan can have, not only VoteNet's ±5°."""
     for axis in flip_axes:
         if rng.random() < 0.5:
             points, boxes = flip_scene(points, boxes, axis)
+    if quarter_turns:
+        points, boxes = rotate_scene_quarter_turns(points, boxes, int(rng.integers(4)))
     points, boxes = rotate_scene_z(points, boxes, float(rng.uniform(-max_rotation, max_rotation)))
     return scale_scene(points, boxes, float(rng.uniform(*scale_range)))
 
@@ -154,6 +159,35 @@ def random_rotation(rng: np.random.Generator, max_tilt: float = float(np.pi / 64
 
     yaw = rot(2, rng.uniform(0.0, 2 * np.pi))
     return rot(0, rng.uniform(-max_tilt, max_tilt)) @ rot(1, rng.uniform(-max_tilt, max_tilt)) @ yaw
+
+
+def random_pose(rng: np.random.Generator, scale_range: tuple[float, float] = (0.9, 1.1), flip: bool = True,
+                max_tilt: float = float(np.pi / 64)) -> tuple[np.ndarray, float]:
+    """A scan's random pose: ``rotation (3, 3)`` (:func:`random_rotation`, then an x mirror with p = 0.5
+    when ``flip``) and a uniform ``scale`` in ``scale_range``; a point ``p`` goes to ``scale · rotation @ p``."""
+    rotation = random_rotation(rng, max_tilt)
+    if flip and rng.random() < 0.5:
+        rotation = np.diag([-1.0, 1.0, 1.0]) @ rotation
+    return rotation, float(rng.uniform(*scale_range))
+
+
+def yaw_rotation(degrees: float) -> np.ndarray:
+    """``(3, 3)`` rotation about +z by ``degrees`` (counter-clockwise seen from above)."""
+    angle = np.deg2rad(degrees)
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def rotate_scene_quarter_turns(points: np.ndarray, boxes: np.ndarray, turns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate about +z by ``turns · 90°`` keeping axis-aligned boxes axis-aligned: centres rotate, an odd
+    number of turns swaps ``dx`` and ``dy``, yaw is unchanged (boxes ``(K, 7)`` of axis-aligned data)."""
+    turns = int(turns) % 4
+    points, boxes = points.copy(), boxes.copy()
+    for _ in range(turns):  # exact: (x, y) → (−y, x), no trigonometry
+        points[:, :2] = np.stack([-points[:, 1], points[:, 0]], axis=1)
+        boxes[:, :2] = np.stack([-boxes[:, 1], boxes[:, 0]], axis=1)
+        boxes[:, 3:5] = boxes[:, [4, 3]]
+    return points, boxes
 
 
 def elastic_distortion(xyz: np.ndarray, rng: np.random.Generator, granularity: float, magnitude: float) -> np.ndarray:
@@ -190,10 +224,8 @@ def augment_scan(points: np.ndarray, colors: np.ndarray, normals: np.ndarray, rn
     Returns:
         ``points, colors, normals`` of the view (normals rotated and flipped with the points).
     """
-    rotation = random_rotation(rng)
-    if flip and rng.random() < 0.5:
-        rotation = np.diag([-1.0, 1.0, 1.0]) @ rotation
-    points = (points @ rotation.T * rng.uniform(*scale_range)).astype(np.float32)
+    rotation, scale = random_pose(rng, scale_range, flip)
+    points = (points @ rotation.T * scale).astype(np.float32)
     normals = (normals @ rotation.T).astype(np.float32)
     for granularity, magnitude in elastic:
         points = elastic_distortion(points, rng, granularity, magnitude)

@@ -8,13 +8,16 @@ heading bins when the data's boxes are oriented), trains both with the one Train
 ``out_dir`` and evaluates the final model on the val scenes. Scenes reach the encoder through the
 one input adapter (:mod:`pc3d.encoders.inputs`: voxelisation and normals in the data loader). ``eval``
 rebuilds the detector from a ``detect train`` run directory (its newest checkpoint) and only
-evaluates. Both write ``metrics.json`` and a bird's-eye PNG per scene for the first
+evaluates. The val scenes are scored turned in place by ``detect.val_rotation`` degrees about z
+(:meth:`~pc3d.data.detection_data.DetectionData.rotated_val`; multiples of 90 for axis-aligned boxes;
+null = the data's ``val_rotation``: 90 for ScanNet scans, 0 for upright SUN RGB-D camera frames and
+synthetic rooms), so scan numbers hold for a rescan in another orientation. Both write ``metrics.json`` and a bird's-eye PNG per scene for the first
 ``detect.bev_scenes`` val scenes (points grey, ground truth green, detections above
 ``detect.bev_score`` red).
 
 Metric keys (stable): ``mAP25``, ``mAP50``, ``recall25``, ``recall50``, ``AP25/<class>``,
 ``AP50/<class>``, ``recall25/<class>``, ``recall50/<class>`` (see :mod:`pc3d.eval.detection`),
-``val_scenes``, ``init`` ("pretrained" | "random"), ``steps``, ``train_final_loss`` (train only),
+``val_scenes``, ``val_rotation``, ``init`` ("pretrained" | "random"), ``steps``, ``train_final_loss`` (train only),
 ``wall_s``.
 """
 
@@ -131,7 +134,8 @@ DETECT_SETTINGS = {"num_groups": Setting(int, 1), "group_size": Setting(int, 1),
                    "focal_gamma": Setting(float, 0.0), "focal_alpha": Setting(float, -1.0, 1.0),
                    "score_threshold": Setting(float, 0.0, 1.0, open_high=True),
                    "nms_iou": Setting(float, 0.0, 1.0, open_low=True), "max_boxes": Setting(int, 1),
-                   "bev_scenes": Setting(int, 0), "bev_score": Setting(float, 0.0, 1.0)}
+                   "bev_scenes": Setting(int, 0), "bev_score": Setting(float, 0.0, 1.0),
+                   "val_rotation": Setting(float, optional=True)}
 
 
 def run_detect(mode: str, cfg) -> dict[str, Any]:
@@ -153,6 +157,9 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
     if not isinstance(data, DetectionData):
         raise ConfigError(f"data: pc3d detect needs a detection dataset (synthetic_rooms, scannet, sunrgbd), "
                           f"got {type(data).__name__}")
+    val_rotation = detect.get("val_rotation")
+    val_rotation = data.val_rotation if val_rotation is None else float(val_rotation)
+    data = data.rotated_val(val_rotation)
     seed_everything(cfg.seed)
     if mode == "eval":
         found = latest_checkpoint(cfg.checkpoint) if Path(str(cfg.checkpoint)).is_dir() else None
@@ -164,7 +171,7 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
         if "detect" not in stored or "encoder" not in stored:
             raise CheckpointError(f"{found[0]}: not a `pc3d detect train` checkpoint (no detect/encoder config)")
         detect = {**stored["detect"], **{k: detect[k] for k in ("score_threshold", "nms_iou", "max_boxes",
-                                                                 "bev_scenes", "bev_score")}}
+                                                                 "bev_scenes", "bev_score", "val_rotation")}}
         from pc3d.hub.weights import architecture_config
 
         detector = build_detector(build_encoder(architecture_config(stored["encoder"])), data, detect)
@@ -190,7 +197,7 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
         fit = trainer.fit()
     detections = detect_scenes(detector, data, detect, cfg.seed, device)
     metrics: dict[str, Any] = {"init": init, **score(data, detections), "val_scenes": len(data.val),
-                               "steps": fit["steps"]}
+                               "val_rotation": val_rotation, "steps": fit["steps"]}
     if "final_loss" in fit:
         metrics["train_final_loss"] = fit["final_loss"]
     _report_bev(out, data, detections, detect)

@@ -24,14 +24,14 @@ the finest level); (3) pulled towards zero next to empty cells.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pc3d.data.scenes import Scene
+from pc3d.data.scenes import Scene, rotated_scene, wall_aligned_scene
 from pc3d.encoders.base import Encoder, FeatureLevel
 from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
@@ -40,6 +40,8 @@ from pc3d.utils.config import Setting, check_settings
 from pc3d.utils.device import move_to
 
 INTERPOLATIONS = ("trilinear", "nearest", "msm")
+#: how the scene probe orients each scan before it is featurised (see :func:`run_scene_probe`)
+ALIGNMENTS = ("walls", "none")
 
 
 def sample_level(level: FeatureLevel, positions: Tensor, batch_index: Tensor, mode: str = "trilinear",
@@ -191,23 +193,22 @@ def effective_rank(features: Tensor, max_rows: int = 4096, seed: int = 0) -> flo
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-@dataclass
-class ProbeFeatures:
-    """Frozen point features and labels of the train and val scans (labels -1 = ignore)."""
-
-    train_features: Tensor
-    train_labels: Tensor
-    val_features: Tensor
-    val_labels: Tensor
+#: a fitted probe: ``(M, C)`` frozen features → ``(M, num_classes)`` class probabilities
+Scorer = Callable[[Tensor], Tensor]
 
 
-def linear_probe(data: ProbeFeatures, num_classes: int, steps: int = 2000, batch_size: int = 8192,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
-    """Train one linear layer (features standardised with train statistics); val predictions ``(N_val,)``."""
-    keep = data.train_labels >= 0
-    x, y = data.train_features[keep], data.train_labels[keep]
-    if len(y) == 0:
+def _labelled(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    keep = labels >= 0
+    if not keep.any():
         raise ConfigError("the probe's train scans have no labelled points")
+    return features[keep], labels[keep]
+
+
+def linear_probe(features: Tensor, labels: Tensor, num_classes: int, steps: int = 2000, batch_size: int = 8192,
+                 lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0) -> Scorer:
+    """Train one linear layer on ``features (N, C)`` / ``labels (N,)`` (-1 = ignore; features
+    standardised with train statistics); returns the softmax scorer."""
+    x, y = _labelled(features, labels)
     mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
     generator = torch.Generator().manual_seed(seed)
     layer = nn.Linear(x.shape[1], num_classes)
@@ -223,59 +224,134 @@ def linear_probe(data: ProbeFeatures, num_classes: int, steps: int = 2000, batch
         loss.backward()
         optimizer.step()
         schedule.step()
-    with torch.no_grad():
-        return torch.cat([layer((chunk - mean) / std).argmax(dim=1)
-                          for chunk in data.val_features.split(65536)]).numpy()
+    layer.requires_grad_(False)
+
+    def score(chunk_features: Tensor) -> Tensor:
+        return torch.cat([layer((chunk - mean) / std).softmax(dim=1) for chunk in chunk_features.split(65536)])
+
+    return score
 
 
-def knn_probe(data: ProbeFeatures, num_classes: int, k: int = 20, bank_size: int = 50000, seed: int = 0,
-              temperature: float = 0.07) -> np.ndarray:
+def knn_probe(features: Tensor, labels: Tensor, num_classes: int, k: int = 20, bank_size: int = 50000,
+              seed: int = 0, temperature: float = 0.07) -> Scorer:
     """Cosine kNN vote (weights ``exp(sim / T)``, DINO's kNN classifier) against a seeded bank of
-    ``bank_size`` labelled train points; val predictions ``(N_val,)``."""
-    keep = torch.nonzero(data.train_labels >= 0).flatten()
-    if len(keep) == 0:
-        raise ConfigError("the probe's train scans have no labelled points")
-    generator = torch.Generator().manual_seed(seed)
-    if len(keep) > bank_size:
-        keep = keep[torch.randperm(len(keep), generator=generator)[:bank_size]]
-    bank = F.normalize(data.train_features[keep], dim=1)
-    labels = data.train_labels[keep]
+    ``bank_size`` labelled points of ``features (N, C)`` / ``labels (N,)``; returns the scorer (votes
+    normalised to sum to 1)."""
+    x, y = _labelled(features, labels)
+    if len(y) > bank_size:
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:bank_size]
+        x, y = x[keep], y[keep]
+    bank = F.normalize(x, dim=1)
     k = min(k, len(bank))
-    predictions = []
-    for chunk in data.val_features.split(4096):
-        similarity, index = (F.normalize(chunk, dim=1) @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(len(chunk), num_classes).scatter_add_(1, labels[index], (similarity / temperature).exp())
-        predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions).numpy()
+
+    def score(chunk_features: Tensor) -> Tensor:
+        votes = []
+        for chunk in chunk_features.split(4096):
+            similarity, index = (F.normalize(chunk, dim=1) @ bank.T).topk(k, dim=1)
+            # exp((s - 1) / T): the same vote ratios as exp(s / T) without overflowing at small T
+            weight = ((similarity - 1) / temperature).exp()
+            vote = torch.zeros(len(chunk), num_classes).scatter_add_(1, y[index], weight)
+            votes.append(vote / vote.sum(dim=1, keepdim=True))
+        return torch.cat(votes)
+
+    return score
 
 
 def run_scene_probe(encoder: Encoder, train: Sequence[Scene], val: Sequence[Scene], class_names: Sequence[str],
                     kind: str, device: torch.device | str = "cpu", interpolation: str = "trilinear",
-                    seed: int = 0, **options) -> dict[str, float]:
-    """Features of every point of ``train`` and ``val``, one probe (``kind``: ``linear`` | ``knn``), metrics."""
+                    seed: int = 0, align: str = "none", train_turns: int = 1, val_turns: int = 1,
+                    val_rotation: float = 0.0, **options) -> dict[str, Any]:
+    """Features of every point of ``train`` and ``val``, one probe (``kind``: ``linear`` | ``knn``), metrics.
+
+    Args:
+        align: ``walls`` turns every scan (train and val) about z so its walls run along x and y
+            (:func:`~pc3d.data.scenes.wall_aligned_scene`): a scan in any orientation about z then
+            differs from the train scans by a quarter turn at most. ``none`` = the scans as stored.
+        train_turns: each train scan is featurised turned by this many quarter turns (1 = as
+            stored, 2 = 0 / 180°, 4 = 0 / 90 / 180 / 270°) and the probe trains on all of them; with
+            ``align=walls`` and 4 turns every orientation of a rescan is covered.
+        val_turns: each val scan is scored in this many quarter turns and the probe's class
+            probabilities are summed over them (Pointcept's test-time rotations); with 4 the
+            prediction does not depend on which quarter turn the scan came in.
+        val_rotation: the val scans are turned in place by this many degrees about z
+            (:func:`~pc3d.data.scenes.rotated_scene`) before they are aligned and scored, so the numbers
+            hold for a scan in another orientation than the train scans. When it is not a multiple of
+            360 the val scans as stored are scored too, as ``same_orientation_miou``, ``same_orientation_overall_accuracy``
+            and ``same_orientation_mean_accuracy``.
+    """
     if kind not in ("linear", "knn"):
         raise ConfigError(f"probe.kind={kind!r}: expected 'linear' or 'knn'")
+    if align not in ALIGNMENTS:
+        raise ConfigError(f"probe.align={align!r}: expected one of {list(ALIGNMENTS)}")
+    for key, value in (("train_turns", train_turns), ("val_turns", val_turns)):
+        if value not in (1, 2, 4):
+            raise ConfigError(f"probe.{key}={value}: expected 1, 2 or 4")
 
-    def features(scenes: Sequence[Scene]) -> tuple[Tensor, Tensor]:
-        parts = [scene_point_features(encoder, s, device, interpolation) for s in scenes]
-        labels = [torch.from_numpy(np.asarray(s.segment, dtype=np.int64)) for s in scenes]
-        return torch.cat(parts), torch.cat(labels)
+    def aligned(scene: Scene) -> Scene:
+        if align == "none":
+            return scene
+        try:
+            return wall_aligned_scene(scene)
+        except ValueError as error:
+            raise ConfigError(f"probe.align=walls: {error}") from None
 
-    data = ProbeFeatures(*features(train), *features(val))
-    if int(data.val_labels.max()) >= len(class_names) or int(data.train_labels.max()) >= len(class_names):
-        raise ConfigError(f"labels exceed the {len(class_names)} classes of the data")
-    probe = linear_probe if kind == "linear" else knn_probe
-    prediction = probe(data, len(class_names), seed=seed, **options)
-    metrics = segmentation_metrics(prediction, data.val_labels.numpy(), class_names)
-    metrics["feature_dim"] = int(data.train_features.shape[1])
+    def turns(scene: Scene, count: int) -> list[Scene]:
+        step = 360 // count
+        return [rotated_scene(scene, turn * step) for turn in range(count)]
+
+    def labels(scene: Scene) -> Tensor:
+        segment = torch.from_numpy(np.asarray(scene.segment, dtype=np.int64))
+        if len(segment) and int(segment.max()) >= len(class_names):
+            raise ConfigError(f"{scene.name}: labels exceed the {len(class_names)} classes of the data")
+        return segment
+
+    train_scans = [turned for s in train for turned in turns(aligned(s), train_turns)]
+    train_features = torch.cat([scene_point_features(encoder, s, device, interpolation) for s in train_scans])
+    train_labels = torch.cat([labels(s) for s in train_scans])
+    fit = linear_probe if kind == "linear" else knn_probe
+    score = fit(train_features, train_labels, len(class_names), seed=seed, **options)
+    feature_dim = int(train_features.shape[1])
+    del train_features
+
+    def predict(scene: Scene) -> tuple[np.ndarray, Tensor]:
+        """Class of every point of ``scene`` (probabilities summed over its ``val_turns`` quarter
+        turns: Pointcept's test-time rotations) and the features of the scan as given."""
+        total, first = None, None
+        for turned in turns(scene, val_turns):
+            features = scene_point_features(encoder, turned, device, interpolation)
+            first = features if first is None else first
+            total = score(features) if total is None else total + score(features)
+        return total.argmax(dim=1).numpy(), first
+
+    turned = float(val_rotation) % 360 != 0
+    predictions, truths, same_predictions, rank_features = [], [], [], []
+    for scene in val:
+        prediction, features = predict(aligned(rotated_scene(scene, val_rotation)))
+        predictions.append(prediction)
+        truths.append(labels(scene).numpy())
+        rank_features.append(features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
+                                      [:4096]])
+        if turned:
+            same_predictions.append(predict(aligned(scene))[0])
+    truth = np.concatenate(truths)
+    metrics: dict[str, Any] = segmentation_metrics(np.concatenate(predictions), truth, class_names)
+    if turned:
+        same = segmentation_metrics(np.concatenate(same_predictions), truth, class_names)
+        metrics.update({f"same_orientation_{k}": same[k] for k in ("miou", "overall_accuracy", "mean_accuracy")})
+    metrics.update({"val_rotation": float(val_rotation), "align": align, "train_turns": int(train_turns),
+                    "val_turns": int(val_turns), "feature_dim": feature_dim})
+    rank_features = torch.cat(rank_features)
     start = 0
     for i, width in enumerate(encoder.spec.level_channels):
-        metrics[f"effective_rank/level{i}"] = effective_rank(data.val_features[:, start:start + width], seed=seed)
+        metrics[f"effective_rank/level{i}"] = effective_rank(rank_features[:, start:start + width], seed=seed)
         start += width
     return metrics
 
 
 PROBE_SETTINGS = {"run": Setting(str), "kind": Setting(str, choices=("linear", "knn")),
+                  "align": Setting(str, choices=ALIGNMENTS), "train_turns": Setting(int, choices=(1, 2, 4)),
+                  "val_turns": Setting(int, choices=(1, 2, 4)),
+                  "val_rotation": Setting(float),
                   "interpolation": Setting(str, choices=INTERPOLATIONS), "steps": Setting(int, 1),
                   "batch_size": Setting(int, 1), "lr": Setting(float, 0.0, open_low=True),
                   "weight_decay": Setting(float, 0.0), "k": Setting(int, 1), "bank_size": Setting(int, 1),
@@ -311,7 +387,8 @@ def probe_command(cfg) -> dict[str, Any]:
     metrics.update({"probe": f"scene_{cfg.probe.kind}", "train_scans": [s.name for s in train],
                     "val_scans": [s.name for s in val], "wall_s": time.perf_counter() - started})
     finish_run(out, metrics)
-    line = f"probe scene_{cfg.probe.kind} ({len(train)} train / {len(val)} val scans): "
+    line = (f"probe scene_{cfg.probe.kind} ({len(train)} train / {len(val)} val scans, val turned "
+            f"{metrics['val_rotation']:g}°): ")
     line += f"mIoU {'pretrained' if 'pretrained' in results else 'random'} {metrics['miou']:.4f}"
     if "pretrained" in results and "random" in results:
         line += f" | random init {metrics['random_miou']:.4f}"
