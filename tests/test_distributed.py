@@ -24,16 +24,19 @@ TINY = [
 ]
 # What "DDP equals one process" may differ by follows from the numerics, not from one CPU: the two
 # runs sum the same per-sample terms in another order (another reduction tree, another machine's
-# kernels), so they differ exactly as much as one process run with 1 and with 2 threads does —
-# measured on an Intel Xeon, DDP vs 1 process and 1 vs 2 threads alike: step-1 gradients 2.5e-6 of
-# (the tensor's largest + the model's largest gradient; components whose true gradient is 0, such
-# as a bias before a BatchNorm, are pure rounding noise), parameters after 6 SGD steps 6.5e-6 of
-# how far training moved them (SGD steps are lr x gradient, so noise is not amplified as Adam's
-# 1/sqrt(v) does on ~0 gradients), the trained encoder's tokens on a fixed batch 3.1e-4 of their
-# largest value. Each tolerance below is >= 30x its floor. A real DDP bug — a skipped gradient
-# all-reduce, ranks training on the wrong part of the batch — moves the same figures to 0.33-4.7,
-# 5e-3-1.3e-2 and 0.2-1.1 (test_equivalence_check_catches_ddp_bugs), >= 10x above each tolerance.
-GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-4   # max |Δg| <= RTOL max |g_tensor| + ATOL max |g_model|
+# kernels). Where a max-pool (the patch embedding's mini-PointNet) has near-ties, rounding flips
+# which point wins and moves single gradient components by O(their size), so per-component
+# maxima are not a safe measure (on an AMD EPYC the first conv's step-1 gradient differed by 7e-4
+# of its largest component, 100x the Intel Xeon figure). Norms over the whole model are: measured,
+# DDP vs 1 process, step-1 gradients ||Δg|| / ||g|| = 2.6e-4 (AMD EPYC), parameters after 6 SGD
+# steps 6.5e-6 of how far training moved them (SGD steps are lr x gradient, so noise is not
+# amplified as Adam's 1/sqrt(v) does on ~0 gradients), the trained encoder's tokens on a fixed
+# batch 3.1e-4 of their largest value (Intel Xeon; both pass on the AMD machine). A real DDP bug
+# — a skipped gradient all-reduce, ranks training on the wrong part of the batch — moves the same
+# figures to 1.23 / 0.45, 2.6e-2 / 8.1e-3 and tokens apart by 2.7 / 1.1 (AMD, 6 steps; the test
+# test_equivalence_check_catches_ddp_bugs runs 2).
+# Each tolerance sits between the two, >= 10x from either side where the measurements allow.
+GRAD_RTOL = 1e-2                     # ||g_one - g_ddp|| / ||g_one|| over all parameters at step 1
 PARAM_RTOL = 5e-4                    # ||θ_one - θ_ddp|| / ||θ_one - θ_initial|| over all float tensors
 TOKEN_RTOL = 1e-2                    # max |Δ tokens| / max |tokens|
 LOSS_RTOL = 1e-5
@@ -73,11 +76,13 @@ def ddp_differences(single: Path, ddp: Path) -> list[str]:
     one = torch.load(single / "state_rank0.pt")
     two = torch.load(ddp / "state_rank0.pt")
     problems = []
-    grad_scale = max(g.abs().max().item() for g in one["first_grads"].values())
-    for key, g in one["first_grads"].items():
-        diff = (g.double() - two["first_grads"][key].double()).abs().max().item()
-        if diff > GRAD_RTOL * g.abs().max().item() + GRAD_ATOL * grad_scale:
-            problems.append(f"step-1 gradient of {key} differs by {diff:.2e} (max |g| {g.abs().max():.2e})")
+    grads_one, grads_two = one["first_grads"], two["first_grads"]
+    grad_apart = sum((g.double() - grads_two[k].double()).square().sum() for k, g in grads_one.items()).sqrt()
+    grad_norm = sum(g.double().square().sum() for g in grads_one.values()).sqrt()
+    if grad_apart > GRAD_RTOL * grad_norm:
+        worst = max(grads_one, key=lambda k: (grads_one[k].double() - grads_two[k].double()).norm().item())
+        problems.append(f"step-1 gradients differ by {grad_apart / grad_norm:.2e} of their norm "
+                        f"(most in {worst})")
     keys = [k for k, v in one["initial"].items() if v.is_floating_point()]
     moved = sum((one["final"][k].double() - one["initial"][k].double()).square().sum() for k in keys).sqrt()
     apart = sum((one["final"][k].double() - two["final"][k].double()).square().sum() for k in keys).sqrt()

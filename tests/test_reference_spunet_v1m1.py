@@ -28,7 +28,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*torch.cuda.amp.*:FutureWarning
 
 DATA = Path(__file__).parent / "data" / "spunet_v1m1"
 CONFIGS = Path(__file__).parents[1] / "configs" / "encoder"
-# measured: spconv bit-exact (0.0: the same kernels in the same order), torch ≤ 6.4e-6 (values up to 15.7)
+# of a level's largest |value| (float32 sums in another order: a few ulps of the largest term).
+# Measured: spconv bit-exact (0.0: the same kernels in the same order); torch 6.4e-6 absolute on
+# an Intel Xeon and 1.05e-5 on an AMD EPYC, with values up to 15.7 (≤ 6.7e-7 relative)
 TOLERANCE = 1e-5
 
 
@@ -69,7 +71,8 @@ def test_levels_match_the_original(reference, backend):
         expected = torch.from_numpy(reference[f"level{i}_features"])[torch.argsort(voxel_keys(indices))]
         actual = level.features[0][level.valid[0]]
         assert actual.shape == expected.shape
-        assert float((actual - expected).abs().max()) <= TOLERANCE, i
+        scale = max(1.0, float(expected.abs().max()))
+        assert float((actual - expected).abs().max()) <= TOLERANCE * scale, i
 
 
 def test_export_writes_the_backbone_back_without_its_head(tmp_path):

@@ -127,17 +127,15 @@ def wall_yaw(scene: Scene, max_normal_z: float = 0.5) -> float:
     Rooms are mostly Manhattan-world, so the angle is defined up to quarter turns; it is the circular
     mean of ``4·φ`` over the normals' azimuths ``φ``, weighted by their squared horizontal length
     (normals may point either way: ``4·φ`` is the same for ``φ`` and ``φ + 180°``). Turning the scan by
-    ``α`` adds ``α`` to it (mod 90°).
-
-    Raises:
-        ValueError: the scan has no vertical surface to align.
+    ``α`` adds ``α`` to it (mod 90°). 0 when the scan has no vertical surface (a floor-only crop):
+    there is no wall to align it by.
     """
     normals = np.asarray(scene.normals, dtype=np.float64)
     vertical = np.abs(normals[:, 2]) < max_normal_z
-    if not vertical.any():
-        raise ValueError(f"{scene.name}: no vertical surfaces (|normal z| < {max_normal_z}) to find the walls from")
     x, y = normals[vertical, 0], normals[vertical, 1]
     resultant = ((x * x + y * y) * np.exp(4j * np.arctan2(y, x))).sum()
+    if abs(resultant) == 0.0:
+        return 0.0
     angle = float(np.degrees(np.angle(resultant)) / 4)
     return 45.0 if angle <= -45.0 else angle
 

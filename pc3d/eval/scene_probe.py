@@ -288,12 +288,7 @@ def run_scene_probe(encoder: Encoder, train: Sequence[Scene], val: Sequence[Scen
             raise ConfigError(f"probe.{key}={value}: expected 1, 2 or 4")
 
     def aligned(scene: Scene) -> Scene:
-        if align == "none":
-            return scene
-        try:
-            return wall_aligned_scene(scene)
-        except ValueError as error:
-            raise ConfigError(f"probe.align=walls: {error}") from None
+        return wall_aligned_scene(scene) if align == "walls" else scene
 
     def turns(scene: Scene, count: int) -> list[Scene]:
         step = 360 // count
