@@ -110,7 +110,8 @@ def test_rotated_detection_scene_keeps_box_membership_on_a_real_scan():
     for degrees in (90, 180, 270):
         turned = rotated_detection_scene(scene, degrees, quarter_turns=True)
         after = points_in_boxes(torch.from_numpy(turned.points), torch.from_numpy(turned.boxes))
-        assert int((after != before).sum()) <= 1e-3 * int(before.sum()) and int(before.sum()) > 1000  # float rounding on box faces only
+        # float rounding on box faces only
+        assert int((after != before).sum()) <= 1e-3 * int(before.sum()) and int(before.sum()) > 1000
     assert isinstance(turned, DetectionScene) and turned.points.dtype == np.float32
 
 

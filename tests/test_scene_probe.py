@@ -89,7 +89,8 @@ def test_linear_and_knn_probes_separate_clusters_and_ignore_unlabelled():
         assert (probabilities.argmax(dim=1) == vy).float().mean() > 0.95
     torch.testing.assert_close(linear_probe(x, y, 4, steps=50, seed=3)(vx), linear_probe(x, y, 4, steps=50, seed=3)(vx))
     shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
-    assert (linear_probe(x, shuffled, 4, steps=200)(vx).argmax(dim=1) == vy).float().mean() < 0.6  # labels carry the signal
+    # labels carry the signal
+    assert (linear_probe(x, shuffled, 4, steps=200)(vx).argmax(dim=1) == vy).float().mean() < 0.6
     with pytest.raises(ConfigError, match="no labelled points"):
         knn_probe(x, torch.full_like(y, -1), 4)
 

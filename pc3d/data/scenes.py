@@ -46,8 +46,8 @@ from pc3d.utils.atomic import atomic_replace_dir, atomic_write
 
 __all__ = ["SCANNET20_CLASSES", "SCANNET20_NYU40_IDS", "S3DIS_CLASSES", "SCENE_FORMAT", "SCENE_FORMAT_V1",
            "SCENE_FIELDS", "Scene",
-           "SceneSource", "nyu40_to_scannet20", "check_scene", "posed_scene", "rotated_scene", "wall_yaw", "wall_aligned_scene",
-           "default_splits", "write_scene", "read_scene",
+           "SceneSource", "nyu40_to_scannet20", "check_scene", "posed_scene", "rotated_scene", "wall_yaw",
+           "wall_aligned_scene", "default_splits", "write_scene", "read_scene",
            "read_scene_manifest", "read_scene_splits", "read_json", "scene_class_names", "load_scenes",
            "find_scannet_numpy_scenes", "read_scannet_numpy_scene", "write_scene_folder"]
 

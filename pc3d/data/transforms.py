@@ -99,8 +99,7 @@ def flip_scene(points: np.ndarray, boxes: np.ndarray, axis: int) -> tuple[np.nda
 
 def rotate_scene_z(points: np.ndarray, boxes: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
     """Rotate about +z by ``angle`` radians (counter-clockwise from above); yaw += angle."""
-    c, s = np.cos(angle), np.sin(angle)
-    rotation = np.array([[c, -s], [s, c]], dtype=np.float64)
+    rotation = _yaw_matrix(angle)[:2, :2]
     points, boxes = points.copy(), boxes.copy()
     points[:, :2] = (points[:, :2].astype(np.float64) @ rotation.T).astype(points.dtype)
     boxes[:, :2] = (boxes[:, :2].astype(np.float64) @ rotation.T).astype(boxes.dtype)
@@ -171,11 +170,14 @@ def random_pose(rng: np.random.Generator, scale_range: tuple[float, float] = (0.
     return rotation, float(rng.uniform(*scale_range))
 
 
-def yaw_rotation(degrees: float) -> np.ndarray:
-    """``(3, 3)`` rotation about +z by ``degrees`` (counter-clockwise seen from above)."""
-    angle = np.deg2rad(degrees)
+def _yaw_matrix(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def yaw_rotation(degrees: float) -> np.ndarray:
+    """``(3, 3)`` rotation about +z by ``degrees`` (counter-clockwise seen from above)."""
+    return _yaw_matrix(np.deg2rad(degrees))
 
 
 def rotate_scene_quarter_turns(points: np.ndarray, boxes: np.ndarray, turns: int) -> tuple[np.ndarray, np.ndarray]:

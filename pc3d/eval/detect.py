@@ -11,7 +11,8 @@ rebuilds the detector from a ``detect train`` run directory (its newest checkpoi
 evaluates. The val scenes are scored turned in place by ``detect.val_rotation`` degrees about z
 (:meth:`~pc3d.data.detection_data.DetectionData.rotated_val`; multiples of 90 for axis-aligned boxes;
 null = the data's ``val_rotation``: 90 for ScanNet scans, 0 for upright SUN RGB-D camera frames and
-synthetic rooms), so scan numbers hold for a rescan in another orientation. Both write ``metrics.json`` and a bird's-eye PNG per scene for the first
+synthetic rooms), so scan numbers hold for a rescan in another orientation. Both write
+``metrics.json`` and a bird's-eye PNG per scene for the first
 ``detect.bev_scenes`` val scenes (points grey, ground truth green, detections above
 ``detect.bev_score`` red).
 

@@ -23,7 +23,6 @@ the finest level); (3) pulled towards zero next to empty cells.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -276,8 +275,8 @@ def run_scene_probe(encoder: Encoder, train: Sequence[Scene], val: Sequence[Scen
         val_rotation: the val scans are turned in place by this many degrees about z
             (:func:`~pc3d.data.scenes.rotated_scene`) before they are aligned and scored, so the numbers
             hold for a scan in another orientation than the train scans. When it is not a multiple of
-            360 the val scans as stored are scored too, as ``same_orientation_miou``, ``same_orientation_overall_accuracy``
-            and ``same_orientation_mean_accuracy``.
+            360 the val scans as stored are scored too, as ``same_orientation_miou``,
+            ``same_orientation_overall_accuracy`` and ``same_orientation_mean_accuracy``.
     """
     if kind not in ("linear", "knn"):
         raise ConfigError(f"probe.kind={kind!r}: expected 'linear' or 'knn'")
