@@ -52,6 +52,16 @@ def prep_names() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "prep").glob("*.yaml"))
 
 
+def _quote_non_ascii(override: str) -> str:
+    """``key=/data/modèles`` → ``key='/data/modèles'``: Hydra's override grammar reads non-ASCII characters
+    (and names that are not UTF-8) only inside quotes, so a plain value holding them is quoted for it; a value
+    already quoted, a list or a mapping, or one holding quotes, commas or backslashes is left as typed."""
+    key, sep, value = override.partition("=")
+    if not sep or value.isascii() or value[:1] in "'\"[{" or any(c in value for c in "'\",\\"):
+        return override
+    return f"{key}='{value}'"
+
+
 def compose(name: str, overrides: Sequence[str]):
     """The composed config ``name`` with command-line ``overrides``, struct mode on."""
     from hydra import compose as hydra_compose
@@ -59,7 +69,7 @@ def compose(name: str, overrides: Sequence[str]):
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name=name, overrides=list(overrides))
+        cfg = hydra_compose(config_name=name, overrides=[_quote_non_ascii(o) for o in overrides])
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing required value(s): {', '.join(f'{k}=...' for k in missing)}")

@@ -102,6 +102,28 @@ def test_prep_refuses_a_destination_it_did_not_write(tmp_path, capsys, kind):
     assert (dst / "manifest.json").is_file()
 
 
+def test_prep_refuses_a_prepared_cache_that_also_holds_a_users_file(tmp_path, capsys):
+    """A cache is replaced as a whole: a file the user put into it would go with it, so it is refused by name."""
+    from pc3d.data.prepared import write_object_cache
+
+    tree = _object_tree(tmp_path / "tree")
+    dst = tmp_path / "cache"
+    assert main(["prep", "modelnet", f"src={tree}", f"dst={dst}", "num_points=256"]) == 0
+    (dst / "my_notes.txt").write_text("which shapes I removed, and why\n")
+    (dst / "figures").mkdir()
+    before = snapshot(tmp_path)
+    fails_with(capsys, ["prep", "modelnet", f"src={tree}", f"dst={dst}", "num_points=128"],
+               f"dst={dst} holds {dst / 'figures'} and 1 more, which pc3d did not prepare")
+    from pc3d.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="my_notes.txt, which pc3d did not prepare"):
+        (dst / "figures").rmdir()
+        write_object_cache(dst, np.zeros((1, 4, 3), np.float32), np.zeros(1), ["train"], ["a"], ["chair"])
+    (dst / "figures").mkdir()
+    assert snapshot(tmp_path) == before
+    assert main(["prep", "modelnet", f"src={tree}", f"dst={dst}", "num_points=128", "force=true"]) == 0
+
+
 def test_scene_prep_and_generated_data_refuse_a_users_folder(tmp_path, capsys, shared_data):
     dst = _user_folder(tmp_path / "dst")
     before = snapshot(tmp_path)
@@ -149,6 +171,42 @@ def test_resume_with_changed_settings_names_each_and_writes_nothing(tmp_path, ca
     # shortening a run is not an extension
     fails_with(capsys, ["pretrain", *TINY, *synth, f"out_dir={run}", "trainer.checkpoint_every=1",
                         "trainer.keep_last=0", "trainer.max_steps=3"], "trainer.max_steps=3 (the run has 4)")
+
+
+def test_resume_with_a_key_added_or_removed_names_it(tmp_path, capsys, synth):
+    """``~key`` / ``+key=…`` change what a run computes as surely as a changed value: refused, named."""
+    run = tmp_path / "run"
+    assert pretrain(run, synth, "trainer.max_steps=2") == 0
+    before = snapshot(run)
+    fails_with(capsys, ["pretrain", *TINY, *synth, f"out_dir={run}", "trainer.max_steps=3", "~method.mask_ratio"],
+               "holds a run with other settings: method.mask_ratio removed (the run has 0.6)")
+    fails_with(capsys, ["pretrain", *TINY, *synth, f"out_dir={run}", "trainer.max_steps=3", "+encoder.cls_token=true"],
+               "encoder.cls_token=true (the run has no encoder.cls_token)")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("content", ["- my\n- list\n", "name: [unclosed\n", "name: my project\nlr: 3\n"],
+                         ids=["list", "not_yaml", "other_keys"])
+def test_a_config_yaml_pc3d_did_not_write_is_never_overwritten(tmp_path, capsys, synth, content):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(content)
+    (folder / "notes.txt").write_text("mine\n")
+    before = snapshot(folder)
+    fails_with(capsys, ["pretrain", *TINY, *synth, f"out_dir={folder}", "trainer.max_steps=1"],
+               f"out_dir={folder} holds a config.yaml that is not a pc3d run config")
+    fails_with(capsys, ["probe", "checkpoint=random", *synth, f"out_dir={folder}"], "is not a pc3d run config")
+    assert snapshot(folder) == before and sorted(p.name for p in folder.iterdir()) == ["config.yaml", "notes.txt"]
+
+
+def test_a_rerun_of_a_complete_run_changes_nothing(tmp_path, synth):
+    """Running a finished command again trains no step and keeps the metrics it reported (not 0 samples/s)."""
+    run = tmp_path / "run"
+    assert pretrain(run, synth, "trainer.max_steps=2") == 0
+    kept = {k: v for k, v in snapshot(run).items() if not k.startswith("tb/")}
+    assert pretrain(run, synth, "trainer.max_steps=2") == 0
+    assert {k: v for k, v in snapshot(run).items() if not k.startswith("tb/")} == kept
+    assert json.loads((run / "metrics.json").read_text())["samples_per_s"] > 0
 
 
 def test_final_loss_after_a_resume_is_the_uninterrupted_runs(tmp_path, synth):
@@ -370,6 +428,20 @@ def test_names_that_are_not_utf8_work(tmp_path):
     assert os.fsencode(str(names[0])).endswith(b"sh\xffape_0.npy")
     assert main(["pretrain", *TINY, "data=modelnet10", f"data.root={dst}", "data.num_points=256",
                  "trainer.batch_size=2", "trainer.max_steps=1", f"out_dir={tmp_path / 'run'}"]) == 0
+
+
+def test_names_outside_ascii_on_the_command_line(tmp_path, capsys, synth):
+    """Hydra's grammar reads non-ASCII only inside quotes: pc3d quotes such a value, so ``out_dir=/…/modèle``
+    works as typed; an out_dir whose name is not UTF-8 (which TensorBoard cannot write to) is one line."""
+    run = tmp_path / "modèle"
+    assert main(["pretrain", *TINY, *synth, f"out_dir={run}", "trainer.max_steps=1"]) == 0
+    assert (run / "checkpoints" / "step_00000001.pt").is_file()
+    assert main(["export", f"checkpoint={run}", f"out={tmp_path / 'écrit.safetensors'}"]) == 0
+    bad = os.fsdecode(os.fsencode(tmp_path) + b"/r\xffn")
+    before = snapshot(tmp_path)
+    fails_with(capsys, ["pretrain", *TINY, *synth, f"out_dir={bad}", "trainer.max_steps=1"],
+               "r\\xffn: the name is not valid UTF-8")
+    assert snapshot(tmp_path) == before and not os.path.exists(bad)
 
 
 def test_written_files_respect_the_umask(tmp_path):

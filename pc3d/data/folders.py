@@ -37,10 +37,14 @@ __all__ = ["FolderItem", "MANIFEST", "SPLITS", "check_replaceable", "read_format
            "write_prepared_folder"]
 
 
-def check_replaceable(dst: str | os.PathLike, formats: Sequence[str], force: bool = False) -> None:
+def check_replaceable(dst: str | os.PathLike, formats: Sequence[str], force: bool = False,
+                      own_files: Sequence[str] = ()) -> None:
     """``dst`` may be (re)written by a prep of ``formats``: it does not exist, is an empty folder, or holds
     a manifest of one of ``formats`` (a folder pc3d prepared). Anything else — a file, a folder of other
-    things — is refused with one line, unless ``force`` (then it is replaced)."""
+    things — is refused with one line, unless ``force`` (then it is replaced).
+
+    ``own_files``: the names a writer that replaces ``dst`` as a whole puts there (an object cache); a
+    folder pc3d prepared that also holds anything else (a user's file) is then refused too, naming it."""
     dst = Path(dst)
     if force or not dst.exists() and not dst.is_symlink():
         return
@@ -57,6 +61,11 @@ def check_replaceable(dst: str | os.PathLike, formats: Sequence[str], force: boo
         what = (f"already holds a {MANIFEST} of another kind (format {found!r})" if found is not None
                 else f"holds files that pc3d did not prepare (no {formats[0]} {MANIFEST})")
         raise ConfigError(f"dst={dst} {what}; choose an empty or new folder, or pass force=true to replace it")
+    foreign = sorted(p.name for p in dst.iterdir() if p.name not in own_files) if own_files else []
+    if foreign:
+        raise ConfigError(f"dst={dst} holds {dst / foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1
+                          else "") + ", which pc3d did not prepare and a new preparation would remove; move it out "
+                          "of the folder, or pass force=true to replace the folder")
 
 
 @dataclass

@@ -50,7 +50,8 @@ import numpy as np
 
 from pc3d.data.io import read_points
 from pc3d.data.folders import check_replaceable
-from pc3d.data.prepared import CACHE_FORMAT, VALID_SPLITS, load_object_cache, read_manifest, write_object_cache
+from pc3d.data.prepared import (CACHE_FILES, CACHE_FORMAT, VALID_SPLITS, load_object_cache, read_manifest,
+                                write_object_cache)
 from pc3d.data.transforms import normalize_unit_sphere
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
@@ -161,7 +162,8 @@ def prepare_modelnet_tree(src: str | os.PathLike, dst: str | os.PathLike, *, num
         src_r, dst_r = src_p.resolve(), dst_p.resolve()
         if dst_r == src_r or src_r in dst_r.parents:
             raise ConfigError(f"dst {dst} must not be inside src {src} (it would be read as a class)")
-    check_replaceable(dst_p, (CACHE_FORMAT,), force)  # before reading anything: dst may not hold the user's files
+    # before reading anything: dst may not hold the user's files
+    check_replaceable(dst_p, (CACHE_FORMAT,), force, own_files=CACHE_FILES)
     class_names, entries, ignored = scan_tree(src_p)
     listing = _stat_listing(src_p, entries)
     params = {"num_points": int(num_points), "num_surface_points": int(num_surface_points),

@@ -35,13 +35,14 @@ from pc3d.data.io import read_json
 from pc3d.errors import DataFormatError
 from pc3d.utils.atomic import atomic_replace_dir, atomic_write, atomic_write_json
 
-__all__ = ["CACHE_FORMAT", "CACHE_VERSION", "VALID_SPLITS", "LazyPoints", "ObjectCache", "write_object_cache",
-           "write_object_cache_streamed", "load_object_cache", "read_manifest"]
+__all__ = ["CACHE_FILES", "CACHE_FORMAT", "CACHE_VERSION", "VALID_SPLITS", "LazyPoints", "ObjectCache",
+           "write_object_cache", "write_object_cache_streamed", "load_object_cache", "read_manifest"]
 
 CACHE_FORMAT = "pc3d-object-cache"
 CACHE_VERSION = 1
 VALID_SPLITS = ("train", "val", "test")
-_FILES = ("points.npy", "labels.npy", "splits.npy", "names.npy", "manifest.json")
+#: the files of a cache (it is replaced as a whole: anything else in the folder is refused, not removed)
+CACHE_FILES = ("points.npy", "labels.npy", "splits.npy", "names.npy", "manifest.json")
 
 
 @dataclass
@@ -135,7 +136,7 @@ def write_object_cache_streamed(dst: str | os.PathLike, shapes: Iterable[np.ndar
         raise DataFormatError(f"{where / 'points.npy'}: {shape[0]} shapes of {shape[1]} points (expected at least "
                               "one shape of at least one point)")
     _validate_metadata(str(dst), shape[0], labels, splits_a, names_a, class_names)
-    check_replaceable(dst, (CACHE_FORMAT,), force)
+    check_replaceable(dst, (CACHE_FORMAT,), force, own_files=CACHE_FILES)
     manifest: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,

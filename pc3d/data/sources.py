@@ -28,7 +28,7 @@ import numpy as np
 
 from pc3d.data.folders import check_replaceable
 from pc3d.data.modelnet import file_seed, fit_to_count
-from pc3d.data.prepared import CACHE_FORMAT, load_object_cache, read_manifest
+from pc3d.data.prepared import CACHE_FILES, CACHE_FORMAT, load_object_cache, read_manifest
 from pc3d.data.transforms import normalize_unit_sphere
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger
@@ -48,7 +48,7 @@ def check_destination(src: str | os.PathLike, dst: str | os.PathLike, num_points
     src_r, dst_r = src_p.resolve(), dst_p.resolve()
     if dst_r == src_r or src_r in dst_r.parents:
         raise ConfigError(f"dst={dst} must not be inside src={src}")
-    check_replaceable(dst_p, (CACHE_FORMAT,), force)
+    check_replaceable(dst_p, (CACHE_FORMAT,), force, own_files=CACHE_FILES)
     return src_p, dst_p
 
 

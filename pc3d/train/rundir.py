@@ -8,7 +8,9 @@ Rules (every command that writes an ``out_dir`` follows them, through :mod:`pc3d
 * **Another run's directory is refused.** ``out_dir`` holding a run (``config.yaml``) is only
   continued by ``resume=auto`` (or a checkpoint path) with the same settings. Settings that change
   the result (seed, learning rate, data, architecture, ...) differing from the stored
-  ``config.yaml`` are an error naming each difference; extending the run (more
+  ``config.yaml`` — a key added or removed (``+key=…`` / ``~key``) included — are an error naming
+  each difference; a ``config.yaml`` pc3d did not write (not a mapping with ``out_dir``) is refused
+  as such, never overwritten; extending the run (more
   ``trainer.max_steps`` / ``trainer.epochs``) is allowed, printed and recorded in
   ``run_history.jsonl``. ``resume=never`` with the same settings restarts the run from scratch,
   and ``overwrite=true`` replaces a run of any settings: both first remove the previous run's files
@@ -80,6 +82,8 @@ class RunDirState:
 
 
 def _stored_config(out: Path) -> dict[str, Any] | None:
+    """The run config stored in ``out`` (None: there is no ``config.yaml``). A ``config.yaml`` that is not a
+    pc3d run's (unreadable, not a mapping, no ``out_dir``: someone else's file) is refused, never replaced."""
     path = out / CONFIG_FILE
     if not path.is_file():
         return None
@@ -87,7 +91,10 @@ def _stored_config(out: Path) -> dict[str, Any] | None:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         loaded = None
-    return loaded if isinstance(loaded, dict) else {}
+    if not isinstance(loaded, dict) or "out_dir" not in loaded:
+        raise ConfigError(f"out_dir={out} holds a {CONFIG_FILE} that is not a pc3d run config; choose another "
+                          "out_dir, or pass overwrite=true to replace it")
+    return loaded
 
 
 def run_files(out: Path) -> list[Path]:
@@ -123,6 +130,12 @@ def check_run_dir(config: Mapping[str, Any], *, resumable: bool = True) -> RunDi
     state = RunDirState(out, overwrite=overwrite)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir={out} is a file, not a directory")
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:  # a name of bytes that are not UTF-8 (the file system allows it; TensorBoard does not)
+        shown = os.fsencode(out).decode("utf-8", "backslashreplace")
+        raise ConfigError(f"out_dir={shown}: the name is not valid UTF-8, and a run's logs (TensorBoard) need a "
+                          "UTF-8 path; choose another out_dir") from None
     if (out / LOCK_FILE).is_file() and current_context().is_main:
         _lock(out)  # a running process holds it: fail before reading its checkpoints (takes the file as it is)
     if not _holds_run(out):
@@ -137,8 +150,14 @@ def check_run_dir(config: Mapping[str, Any], *, resumable: bool = True) -> RunDi
                           "replace them, or choose another out_dir")
     old, new = flatten(stored), flatten(dict(config))
     differences, changes = [], {}
-    for key in sorted(set(old) & set(new)):
-        if old[key] == new[key] or key in NON_RESULT_KEYS:
+    for key in sorted(set(old) | set(new)):  # a key only one side has (``+key=…``, ``~key``) is a change too
+        if old.get(key) == new.get(key) or key in NON_RESULT_KEYS:
+            continue
+        if key not in new:
+            differences.append(f"{key} removed (the run has {_short(old[key])})")
+            continue
+        if key not in old:
+            differences.append(f"{key}={_short(new[key])} (the run has no {key})")
             continue
         if resumable and not never and key in EXTENSION_KEYS and isinstance(old[key], int) \
                 and isinstance(new[key], int) and new[key] > old[key]:

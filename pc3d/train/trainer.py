@@ -459,12 +459,27 @@ class Trainer:
         if main and loss_log_path.exists():  # the whole run's last steps, also across resumes
             lines = [json.loads(x) for x in loss_log_path.read_text().splitlines() if x.strip()]
             recent = [x["loss"] for x in lines[-FINAL_LOSS_WINDOW:]]
-        return {
+        metrics = {
             "final_loss": float(np.mean(recent)) if recent else math.nan,
             "steps": self.step,
             "wall_s": time.perf_counter() - started,
             "samples_per_s": samples / loop_s if samples else 0.0,
         }
+        if main and not samples:  # the run was complete already: keep the time and throughput it reported
+            metrics.update(self._reported_timing())
+        return metrics
+
+    def _reported_timing(self) -> dict[str, float]:
+        """``wall_s`` / ``samples_per_s`` of the run's ``metrics.json`` (a re-run that trains no step reports
+        those, not 0 samples/s); empty when there is none."""
+        try:
+            reported = json.loads((self.run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(reported, dict):
+            return {}
+        return {key: float(reported[key]) for key in ("wall_s", "samples_per_s")
+                if isinstance(reported.get(key), (int, float)) and not isinstance(reported.get(key), bool)}
 
 
 
