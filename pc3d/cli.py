@@ -1,4 +1,4 @@
-"""``pc3d <command> key=value ...`` — the Hydra command line, a thin dispatcher.
+"""pc3d <command> key=value ... — the Hydra command line, a thin dispatcher.
 
 Commands:
     pretrain   self-supervised pretraining (configs/pretrain.yaml)
@@ -11,7 +11,8 @@ Commands:
 
 Every run writes the resolved config.yaml and a flat metrics.json to out_dir (metric keys:
 README, "The command line"). Bad input (unknown keys, missing data, corrupt files) ends with
-one line on stderr and exit status 2.
+one line on stderr and exit status 2. `pc3d <command> --help` lists the command's config groups
+and keys (after any overrides given before it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any, Sequence
 from pc3d.errors import ConfigError, Pc3dError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-USAGE = __doc__.split("Every run")[0].strip()
+USAGE = __doc__.split("Every run")[0].strip() + "\n\nHelp on one command: pc3d <command> --help"
+HELP_FLAGS = ("-h", "--help")
 
 #: command → (config name, what runs the composed config: "module:function", or "@key" for the
 #: function the config names under ``key`` — probes and preps are picked by config)
@@ -62,19 +64,64 @@ def _quote_non_ascii(override: str) -> str:
     return f"{key}='{value}'"
 
 
-def compose(name: str, overrides: Sequence[str]):
-    """The composed config ``name`` with command-line ``overrides``, struct mode on."""
+def _hydra_compose(name: str, overrides: Sequence[str], with_choices: bool = False):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name=name, overrides=[_quote_non_ascii(o) for o in overrides])
+        return hydra_compose(config_name=name, overrides=[_quote_non_ascii(o) for o in overrides],
+                             return_hydra_config=with_choices)
+
+
+def compose(name: str, overrides: Sequence[str]):
+    """The composed config ``name`` with command-line ``overrides``, struct mode on."""
+    from omegaconf import OmegaConf
+
+    cfg = _hydra_compose(name, overrides)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing required value(s): {', '.join(f'{k}=...' for k in missing)}")
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def command_help(command: str, overrides: Sequence[str]) -> str:
+    """Plain-text help of one command: its line of the usage, its config groups (chosen option and the
+    others in ``configs/<group>/``) and its keys with their values, ``???`` marking the required ones."""
+    from omegaconf import OmegaConf, open_dict
+
+    if command not in (*COMMANDS, "detect", "prep"):
+        raise ConfigError(f"unknown command {command!r} (commands: {', '.join([*COMMANDS, 'detect', 'prep'])})")
+    summary = next(line.strip() for line in USAGE.splitlines() if line.split()[:1] == [command])
+    if command == "prep" and (not overrides or "=" in overrides[0]):
+        return f"{summary}\n\nusage: pc3d prep NAME key=value ...   (pc3d prep NAME --help for its keys)\n" \
+               f"NAME: {', '.join(prep_names())}"
+    lead: list[str] = []  # prep's dataset / detect's mode: a word before the overrides
+    if command in ("prep", "detect") and overrides and "=" not in overrides[0]:
+        lead, overrides = [overrides[0]], list(overrides[1:])
+    if command == "prep" and lead[0] not in prep_names():
+        raise ConfigError(f"unknown dataset for prep: {lead[0]!r} (available: {', '.join(prep_names())})")
+    if command == "detect" and lead and lead[0] not in DETECT_MODES:
+        raise ConfigError("usage: pc3d detect train|eval key=value ...")
+    name = f"prep/{lead[0]}" if command == "prep" else command if command == "detect" else COMMANDS[command][0]
+    cfg = _hydra_compose(name, overrides, with_choices=True)
+    choices = {g: c for g, c in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
+               if not g.startswith("hydra/")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    usage = " ".join(["pc3d", command, *(lead or (["train|eval"] if command == "detect" else [])),
+                      *(["[group=option ...]"] if choices else []), "[key=value ...]"])
+    lines = [summary, "", f"usage: {usage}", ""]
+    if choices:
+        lines.append("config groups (group: chosen option; others):")
+        for group, chosen in sorted(choices.items()):
+            others = sorted(p.stem for p in (config_dir() / group).glob("*.yaml") if p.stem != chosen)
+            listed = f"   ({', '.join(others)})" if others else ""
+            lines.append(f"  {group}: {'null' if chosen is None else chosen}{listed}")
+        lines.append("")
+    lines.append("keys (??? = required):")
+    lines += ["  " + line for line in OmegaConf.to_yaml(cfg, resolve=False).rstrip().splitlines()]
+    return "\n".join(lines)
 
 
 def _run(runner: str, cfg) -> Any:
@@ -124,14 +171,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args or args[0] in (*HELP_FLAGS, "help"):
         print(USAGE)
         return 0
     from pc3d.train.distributed import shutdown_distributed
     from pc3d.train.rundir import release_run_dir
 
     try:
-        _dispatch(args[0], args[1:])
+        if any(arg in HELP_FLAGS for arg in args[1:]):  # before Hydra, which reads "--help" as an override
+            print(command_help(args[0], [arg for arg in args[1:] if arg not in HELP_FLAGS]))
+        else:
+            _dispatch(args[0], args[1:])
     except Pc3dError as exc:
         print(f"pc3d: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -126,6 +126,42 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
 def test_help_lists_commands():
     rc, out, err = run_cli("--help")
     assert rc == 0 and "pretrain" in out and "probe" in out and "prep" in out
+    assert "``" not in out and out.splitlines()[0].startswith("pc3d <command>")  # plain text, no reST markup
+
+
+@pytest.mark.parametrize("args, groups, keys", [
+    (["pretrain"], ["data: synthetic_shapes", "encoder: point_vit", "method: point_mae", "trainer: default"],
+     ["out_dir: runs/pretrain", "max_steps:", "mask_ratio:"]),
+    (["probe", "-h"], ["probe: object_svm", "data: synthetic_shapes"], ["checkpoint: ???", "Cs:"]),
+    (["pretrain", "experiment=quickstart", "trainer.max_steps=7"], ["experiment: quickstart"], ["max_steps: 7"]),
+    (["finetune"], ["data:"], ["out_dir:"]),
+    (["fewshot"], ["data:"], ["out_dir:"]),
+    (["export"], [], ["checkpoint: ???", "out: ???"]),
+    (["detect", "train"], ["data: synthetic_rooms"], ["checkpoint: ???"]),
+    (["prep", "modelnet"], [], ["src: ???", "num_surface_points:"]),
+])
+def test_command_help_lists_groups_and_keys(capsys, args, groups, keys):
+    flag = [] if "-h" in args else ["--help"]
+    assert main([*args, *flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(args[0]) and "``" not in out and f"usage: pc3d {args[0]}" in out
+    for text in groups + keys:
+        assert text in out, text
+    if groups:  # the other options of a group are listed beside the chosen one
+        assert "config groups" in out and "modelnet10" in out
+
+
+def test_command_help_without_a_config_and_its_errors(capsys):
+    assert main(["prep", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: pc3d prep NAME" in out and "modelnet" in out and "scannet" in out
+    assert main(["detect", "--help"]) == 0
+    assert "pc3d detect train|eval" in capsys.readouterr().out
+    for args, fragment in ((["frobnicate", "--help"], "unknown command"), (["prep", "nope", "--help"], "nope"),
+                           (["pretrain", "encoder.width=3", "--help"], "encoder.width")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_export_writes_an_encoder_file_that_reproduces_the_checkpoint(tmp_path, capsys):
