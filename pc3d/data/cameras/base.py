@@ -180,6 +180,25 @@ class PosedImages:
             rgb = _box_downscale(rgb, factor)
         return np.ascontiguousarray(rgb, dtype=np.float32)
 
+    def alpha(self, i: int, downscale: int = 1) -> np.ndarray | None:
+        """The alpha channel of image ``i`` as ``(H, W)`` float32 in ``[0, 1]`` (downscaled as
+        :meth:`image`), or ``None`` for an image without one.
+
+        :meth:`image` is linear in the stored colour and alpha, so the image over another background
+        ``b`` is ``image + (1 - alpha) * (b - background)``, at any ``downscale``.
+        """
+        camera = self.cameras[i]
+        factor = _check_downscale(downscale)
+        if camera.image_path is None:
+            raise DataFormatError(f"camera {camera.name!r}: no image file (expected image_path)")
+        rgb, alpha = _read_rgb(camera.image_path)
+        if alpha is None:
+            return None
+        _check_size(camera.image_path, rgb.shape[1], rgb.shape[0], camera)
+        if factor > 1:
+            alpha = _box_downscale(alpha[..., None], factor)[..., 0]
+        return np.ascontiguousarray(alpha, dtype=np.float32)
+
     def depth(self, i: int) -> np.ndarray:
         """Depth of image ``i`` as ``(H, W)`` float32 in metres (world units) on the camera's pixel grid.
 

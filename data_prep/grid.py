@@ -1,0 +1,140 @@
+"""Radiance grids for NeRF-MAE: fit one to posed images, or import released NeRF-MAE / NeRF-RPN grids.
+
+``pc3d prep grid src=SRC dst=DST`` (``configs/prep/grid.yaml``):
+
+* ``SRC`` a capture in any posed-image format pc3d reads (Blender ``transforms_*.json``, instant-ngp,
+  LLFF, COLMAP, ScanNet frames; :func:`pc3d.data.cameras.read_posed_images`): the built-in fitter
+  (:mod:`pc3d.data.grid_fitter`) makes one grid, named ``name`` (default: the folder's name), and
+  records its held-out PSNR;
+* ``SRC`` a ``.npz`` grid or a folder of them (``format=npz``, the layout NeRF-MAE's extraction writes):
+  each is read with the explicit ``density=`` convention and written in pc3d's (alpha).
+
+``DST`` gets ``<name>.npz`` (NeRF-MAE's layout, density as alpha), ``manifest.json`` (box, shape,
+density convention, PSNR, every fitter setting) and ``splits.json``; a re-run with unchanged inputs and
+settings rewrites nothing, and a folder pc3d did not prepare is refused unless ``force=true``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pc3d.data.cameras import POSED_IMAGE_FORMATS, read_posed_images
+from pc3d.data.grid_fitter import GridFitConfig, config_dict, fit_radiance_grid
+from pc3d.data.radiance_grid import DENSITY_CONVENTIONS, GridSource, RadianceGrid, read_radiance_grid, write_grid_folder
+from pc3d.errors import ConfigError, DataFormatError
+from pc3d.utils.progress import get_logger, progress
+
+_log = get_logger("pc3d.data")
+
+
+def _fit_config(values: dict[str, Any]) -> GridFitConfig:
+    known = set(GridFitConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"fit.{unknown[0]} is not a fitter setting (known: {', '.join(sorted(known))})")
+    config = GridFitConfig(**values)
+    config.validate()
+    return config
+
+
+def _posed_inputs(src: Path, posed) -> list[Path]:
+    """The files a fitted grid depends on: every image and the camera files directly under ``src``."""
+    images = [c.image_path for c in posed.cameras if c.image_path is not None]
+    metadata = sorted(p for p in src.iterdir() if p.is_file() and p.suffix in (".json", ".npy", ".bin", ".txt", ".pkl"))
+    sparse = src / "sparse" / "0"
+    if sparse.is_dir():
+        metadata += sorted(p for p in sparse.iterdir() if p.is_file())
+    return [*metadata, *images]
+
+
+def _fit_source(src: Path, name: str, fmt: str, config: GridFitConfig) -> GridSource:
+    posed = read_posed_images(src, format=fmt)
+
+    def convert() -> tuple[RadianceGrid, dict[str, Any]]:
+        started = time.perf_counter()
+        with progress(total=config.steps, desc=f"fit {name}") as bar:
+            def on_step(step: int, train_psnr: float) -> None:
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(psnr=f"{train_psnr:.2f}")
+
+            fitted = fit_radiance_grid(posed, config, on_step)
+        _log.info("fitted %s: %s cells, held-out PSNR %s dB, %.0f s", name, "x".join(map(str, fitted.rgb.shape[:3])),
+                  "-" if fitted.heldout_psnr is None else f"{fitted.heldout_psnr:.2f}", fitted.seconds)
+        extra = {"source_format": posed.source, "views": len(posed), "heldout_psnr": fitted.heldout_psnr,
+                 "heldout_psnr_full": fitted.heldout_psnr_full,
+                 "train_psnr": fitted.train_psnr, "fit_seconds": round(fitted.seconds, 1),
+                 "wall_seconds": round(time.perf_counter() - started, 1),
+                 "psnr_history": [[s, round(t, 1), round(p, 3)] for s, t, p in fitted.history]}
+        return RadianceGrid(rgb=fitted.rgb, alpha=fitted.alpha, box=fitted.box), extra
+
+    return GridSource(name, _posed_inputs(src, posed), convert)
+
+
+def _npz_sources(src: Path, density: str) -> list[GridSource]:
+    files = [src] if src.is_file() else sorted(src.glob("*.npz"))
+    files = [f for f in files if not f.name.endswith("_split.npz")]  # NeRF-MAE's split lists, not grids
+    if not files:
+        raise DataFormatError(f"{src}: no .npz radiance grid found")
+
+    def source(path: Path) -> GridSource:
+        def convert() -> tuple[RadianceGrid, dict[str, Any]]:
+            return read_radiance_grid(path, density=density), {"source_format": "npz", "source_density": density}
+
+        return GridSource(path.stem, [path], convert)
+
+    for path in progress(files, desc="check grids"):
+        read_radiance_grid(path, density=density)  # every file is checked before the first is written
+    return [source(f) for f in files]
+
+
+def prepare_grids(src: str, dst: str, *, fmt: str = "auto", density: str | None = None, name: str | None = None,
+                  fit: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+    """Fit or import radiance grids from ``src`` into the prepared grid folder ``dst`` (module docstring).
+
+    Every argument is checked before anything is written.
+    """
+    src_p, dst_p = Path(src), Path(dst)
+    if not src_p.exists():
+        raise DataFormatError(f"{src_p}: source not found")
+    if src_p.resolve() == dst_p.resolve():
+        raise ConfigError(f"dst {dst} must differ from src {src}")
+    formats = ("auto", "npz", *POSED_IMAGE_FORMATS)
+    if fmt not in formats:
+        raise ConfigError(f"format={fmt!r} is unknown (expected one of {', '.join(formats)})")
+    is_npz = fmt == "npz" or (fmt == "auto" and (src_p.suffix == ".npz" or src_p.is_dir() and any(src_p.glob("*.npz"))
+                                                 and not any(src_p.glob("transforms*.json"))
+                                                 and not (src_p / "poses_bounds.npy").is_file()))
+    if is_npz:
+        if density is None:
+            raise ConfigError(f"density=... is required to import {src_p} (one of {', '.join(DENSITY_CONVENTIONS)}; "
+                              "the grids' release says which)")
+        if density not in DENSITY_CONVENTIONS:
+            raise ConfigError(f"density={density!r} is unknown (expected one of {', '.join(DENSITY_CONVENTIONS)})")
+        sources, params = _npz_sources(src_p, density), {"density": density}
+    else:
+        if density is not None:
+            raise ConfigError("density= applies to importing .npz grids only; a fitted grid's density is alpha")
+        config = _fit_config(dict(fit or {}))
+        grid_name = name or src_p.resolve().name
+        if not grid_name or "/" in grid_name or grid_name.startswith("."):
+            raise ConfigError(f"name={grid_name!r} must be a plain file name")
+        sources, params = [_fit_source(src_p, grid_name, fmt, config)], {"fit": config_dict(config), "format": fmt}
+    return write_grid_folder(dst_p, sources, dataset="grid", source=src_p if src_p.is_dir() else src_p.parent,
+                             params=params, force=force)
+
+
+def prep_command(cfg) -> dict:
+    """``pc3d prep grid`` (``configs/prep/grid.yaml``)."""
+    from omegaconf import OmegaConf
+
+    fit = OmegaConf.to_container(cfg.fit, resolve=True) if cfg.get("fit") is not None else {}
+    manifest = prepare_grids(str(cfg.src), str(cfg.dst), fmt=str(cfg.format), density=cfg.density, name=cfg.name,
+                             fit=fit, force=bool(cfg.force))
+    for grid_name, entry in manifest["scenes"].items():
+        psnr = entry.get("heldout_psnr")
+        print(f"prepared {grid_name}: {'x'.join(map(str, entry['shape']))} cells"
+              f"{'' if psnr is None else f', held-out PSNR {psnr:.2f} dB'} -> {Path(cfg.dst) / entry['file']}")
+    return manifest
