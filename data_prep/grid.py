@@ -20,13 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pc3d.data.cameras import POSED_IMAGE_FORMATS, read_posed_images
+from pc3d.data.cameras import POSED_IMAGE_FORMATS, detect_posed_format, read_posed_images
 from pc3d.data.grid_fitter import GridFitConfig, config_dict, fit_radiance_grid
 from pc3d.data.radiance_grid import DENSITY_CONVENTIONS, GridSource, RadianceGrid, read_radiance_grid, write_grid_folder
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
 
 _log = get_logger("pc3d.data")
+
+
+def _is_posed_images(path: Path) -> bool:
+    try:
+        detect_posed_format(path)
+    except (DataFormatError, ConfigError):
+        return False
+    return True
 
 
 def _fit_config(values: dict[str, Any]) -> GridFitConfig:
@@ -105,8 +113,7 @@ def prepare_grids(src: str, dst: str, *, fmt: str = "auto", density: str | None 
     if fmt not in formats:
         raise ConfigError(f"format={fmt!r} is unknown (expected one of {', '.join(formats)})")
     is_npz = fmt == "npz" or (fmt == "auto" and (src_p.suffix == ".npz" or src_p.is_dir() and any(src_p.glob("*.npz"))
-                                                 and not any(src_p.glob("transforms*.json"))
-                                                 and not (src_p / "poses_bounds.npy").is_file()))
+                                                 and not _is_posed_images(src_p)))
     if is_npz:
         if density is None:
             raise ConfigError(f"density=... is required to import {src_p} (one of {', '.join(DENSITY_CONVENTIONS)}; "

@@ -90,20 +90,13 @@ def command_help(command: str, overrides: Sequence[str]) -> str:
     others in ``configs/<group>/``) and its keys with their values, ``???`` marking the required ones."""
     from omegaconf import OmegaConf, open_dict
 
-    if command not in (*COMMANDS, "detect", "prep"):
-        raise ConfigError(f"unknown command {command!r} (commands: {', '.join([*COMMANDS, 'detect', 'prep'])})")
-    summary = next(line.strip() for line in USAGE.splitlines() if line.split()[:1] == [command])
+    def summary() -> str:  # the command's line of the usage
+        return next(line.strip() for line in USAGE.splitlines() if line.split()[:1] == [command])
+
     if command == "prep" and (not overrides or "=" in overrides[0]):
-        return f"{summary}\n\nusage: pc3d prep NAME key=value ...   (pc3d prep NAME --help for its keys)\n" \
+        return f"{summary()}\n\nusage: pc3d prep NAME key=value ...   (pc3d prep NAME --help for its keys)\n" \
                f"NAME: {', '.join(prep_names())}"
-    lead: list[str] = []  # prep's dataset / detect's mode: a word before the overrides
-    if command in ("prep", "detect") and overrides and "=" not in overrides[0]:
-        lead, overrides = [overrides[0]], list(overrides[1:])
-    if command == "prep" and lead[0] not in prep_names():
-        raise ConfigError(f"unknown dataset for prep: {lead[0]!r} (available: {', '.join(prep_names())})")
-    if command == "detect" and lead and lead[0] not in DETECT_MODES:
-        raise ConfigError("usage: pc3d detect train|eval key=value ...")
-    name = f"prep/{lead[0]}" if command == "prep" else command if command == "detect" else COMMANDS[command][0]
+    name, lead, overrides = _command_config(command, overrides, mode_optional=True)
     cfg = _hydra_compose(name, overrides, with_choices=True)
     choices = {g: c for g, c in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
                if not g.startswith("hydra/")}
@@ -111,7 +104,7 @@ def command_help(command: str, overrides: Sequence[str]) -> str:
         del cfg["hydra"]
     usage = " ".join(["pc3d", command, *(lead or (["train|eval"] if command == "detect" else [])),
                       *(["[group=option ...]"] if choices else []), "[key=value ...]"])
-    lines = [summary, "", f"usage: {usage}", ""]
+    lines = [summary(), "", f"usage: {usage}", ""]
     if choices:
         lines.append("config groups (group: chosen option; others):")
         for group, chosen in sorted(choices.items()):
@@ -145,25 +138,37 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _dispatch(command: str, overrides: list[str]) -> None:
+def _command_config(command: str, args: Sequence[str], mode_optional: bool = False) -> tuple[str, list[str], list[str]]:
+    """``(config name, leading words, overrides)`` of a command line, the one check of its shape: prep's
+    dataset and detect's mode come before the overrides (``mode_optional``: detect's help may omit it)."""
     if command == "prep":
         names = prep_names()
-        if not overrides or "=" in overrides[0]:
+        if not args or "=" in args[0]:
             raise ConfigError(f"usage: pc3d prep NAME key=value ... (NAME: {', '.join(names)})")
-        if overrides[0] not in names:
-            raise ConfigError(f"unknown dataset for prep: {overrides[0]!r} (available: {', '.join(names)})")
-        _run("@run", compose(f"prep/{overrides[0]}", overrides[1:]))
-    elif command == "detect":
-        if not overrides or overrides[0] not in DETECT_MODES:
+        if args[0] not in names:
+            raise ConfigError(f"unknown dataset for prep: {args[0]!r} (available: {', '.join(names)})")
+        return f"prep/{args[0]}", [args[0]], list(args[1:])
+    if command == "detect":
+        if mode_optional and (not args or "=" in args[0]):
+            return "detect", [], list(args)
+        if not args or args[0] not in DETECT_MODES:
             raise ConfigError("usage: pc3d detect train|eval key=value ...")
+        return "detect", [args[0]], list(args[1:])
+    if command in COMMANDS:
+        return COMMANDS[command][0], [], list(args)
+    raise ConfigError(f"unknown command {command!r} (commands: {', '.join([*COMMANDS, 'detect', 'prep'])})")
+
+
+def _dispatch(command: str, args: list[str]) -> None:
+    name, lead, overrides = _command_config(command, args)
+    if command == "prep":
+        _run("@run", compose(name, overrides))
+    elif command == "detect":
         from pc3d.eval.detect import run_detect
 
-        run_detect(overrides[0], compose("detect", overrides[1:]))
-    elif command in COMMANDS:
-        name, runner = COMMANDS[command]
-        _run(runner, compose(name, overrides))
+        run_detect(lead[0], compose(name, overrides))
     else:
-        raise ConfigError(f"unknown command {command!r} (commands: {', '.join([*COMMANDS, 'detect', 'prep'])})")
+        _run(COMMANDS[command][1], compose(name, overrides))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

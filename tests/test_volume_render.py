@@ -14,6 +14,7 @@ from pc3d.ops.volume_render import (
     occupied_samples,
     ray_box_intersection,
     sample_grid,
+    transmittance,
 )
 
 BOX = torch.tensor([[-1.0, -2.0, 0.0], [1.0, 2.0, 3.0]])
@@ -96,3 +97,11 @@ def test_occupied_samples_and_cell_index():
     kept = occupied_samples(samples, occupancy, box)
     assert kept.tolist() == [True, True, False, False, False, False]  # z in [0, 1): the occupied cell
     assert math.isclose(samples.select(kept).t.max().item(), 1.75)
+
+
+def test_transmittance_is_the_light_left_before_each_sample_of_its_own_ray():
+    ray_index = torch.tensor([0, 0, 0, 2, 2])
+    alpha = torch.tensor([0.5, 0.5, 0.2, 0.9, 0.1])
+    expected = torch.tensor([1.0, 0.5, 0.25, 1.0, 0.1])
+    assert torch.allclose(transmittance(ray_index, alpha, 3), expected)
+    assert transmittance(ray_index[:0], alpha[:0], 3).shape == (0,)

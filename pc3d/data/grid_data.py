@@ -22,7 +22,7 @@ from pc3d.data.radiance_grid import RadianceGrid, read_grid_folder
 from pc3d.errors import ConfigError
 
 
-def grid_sample(grid: RadianceGrid) -> dict[str, Any]:
+def radiance_grid_sample(grid: RadianceGrid) -> dict[str, Any]:
     """A :class:`RadianceGrid` as a sample dict (``grid (4, X, Y, Z)`` in cell units, its world ``grid_box``)."""
     values = torch.from_numpy(np.ascontiguousarray(grid.rgb_alpha().transpose(3, 0, 1, 2)))
     return {"grid": values, "grid_origin": torch.zeros(3), "grid_cell_size": 1.0,
@@ -57,7 +57,7 @@ class GridDataset(SampleDataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = grid_sample(self.grids[index])
+        sample = radiance_grid_sample(self.grids[index])
         if self.augment:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(index))) % (2**63))
             sample["grid"] = augment_grid(sample["grid"], generator)

@@ -43,11 +43,12 @@ from pc3d.data.cameras import PosedImages, camera_rays
 from pc3d.errors import ConfigError
 from pc3d.ops.volume_render import (
     RaySamples,
+    cell_index,
     composite,
     march_rays,
     occupied_samples,
-    cell_index,
     sample_grid,
+    transmittance,
 )
 
 
@@ -322,9 +323,8 @@ def _render(grid: _Grid, origins: Tensor, directions: Tensor, config: GridFitCon
     interval = step / grid.unit
     with torch.no_grad():
         alpha = _alpha(sample_grid(grid.density.detach(), samples.points, box)[:, 0], config.density_shift, interval)
-        _, _, weights = composite(samples.ray_index, alpha, alpha[:, None], samples.num_rays)
-        transmittance = weights / alpha.clamp(min=1e-10)
-        samples = samples.select((transmittance > config.min_transmittance) & (alpha > 0))
+        reaching = transmittance(samples.ray_index, alpha, samples.num_rays)
+        samples = samples.select((reaching > config.min_transmittance) & (alpha > 0))
     return _shade(grid, samples, config, background, interval)
 
 
@@ -353,7 +353,7 @@ def _scene_cells(grid: _Grid, rays: "_Rays", config: GridFitConfig, generator: t
     with torch.no_grad():
         samples = march_rays(origins, directions, box, step)
         alpha = _alpha(sample_grid(grid.density, samples.points, box)[:, 0], config.density_shift, step / grid.unit)
-        _, _, weights = composite(samples.ray_index, alpha, alpha[:, None], samples.num_rays)
+        weights = alpha * transmittance(samples.ray_index, alpha, samples.num_rays)
         cells, _ = cell_index(samples.points, box, grid.shape)
         weights = torch.where(weights >= config.shrink_weight, weights, torch.zeros_like(weights))
     low, high = [], []

@@ -144,16 +144,15 @@ def read_radiance_grid(path: str | os.PathLike, density: str | None = None) -> R
     if convention is None:
         raise ConfigError(f"{path}: no density convention recorded; give density= one of "
                           f"{', '.join(DENSITY_CONVENTIONS)} (the grid's source says which)")
-    if "resolution" in arrays and values.ndim == 2:
-        resolution = np.asarray(arrays["resolution"]).reshape(-1)
+    resolution = np.asarray(arrays["resolution"]).reshape(-1) if "resolution" in arrays else None
+    if resolution is not None and values.ndim == 2:  # flattened (X * Y * Z, 4)
         if resolution.size != 3 or int(np.prod(resolution)) != values.shape[0]:
             raise _fail(path, f"rgbsigma {values.shape} does not match resolution {resolution.tolist()}")
         values = values.reshape(*resolution.astype(int), values.shape[1])
     if values.ndim != 4 or values.shape[3] != 4 or min(values.shape[:3]) < 1:
         raise _fail(path, f"rgbsigma must be (X, Y, Z, 4), got {values.shape}")
-    if "resolution" in arrays and list(np.asarray(arrays["resolution"]).reshape(-1)) != list(values.shape[:3]):
-        raise _fail(path, f"rgbsigma {values.shape} does not match resolution "
-                          f"{np.asarray(arrays['resolution']).reshape(-1).tolist()}")
+    if resolution is not None and list(resolution) != list(values.shape[:3]):
+        raise _fail(path, f"rgbsigma {values.shape} does not match resolution {resolution.tolist()}")
     if values.dtype == np.uint8:
         values = values.astype(np.float32) / 255.0
     elif not np.issubdtype(values.dtype, np.floating):

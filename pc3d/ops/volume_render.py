@@ -121,18 +121,13 @@ def occupied_samples(samples: RaySamples, occupancy: Tensor, box: Tensor) -> Ten
     return inside & occupancy[cells[:, 0], cells[:, 1], cells[:, 2]]
 
 
-def composite(ray_index: Tensor, alpha: Tensor, colors: Tensor, num_rays: int,
-              background: Tensor | float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-    """Front-to-back compositing of packed samples.
+def transmittance(ray_index: Tensor, alpha: Tensor, num_rays: int) -> Tensor:
+    """``(S,)`` the light that reaches each packed sample: ``prod_{j<i} (1 - alpha_j)`` over its own ray.
 
     Args:
         ray_index: ``(S,)`` non-decreasing ray of each sample (samples of a ray in depth order).
         alpha: ``(S,)`` opacity of each sample, in ``[0, 1)``.
-        colors: ``(S, C)``.
         num_rays: ``R``.
-        background: ``(C,)``, ``(R, C)`` (one per ray) or a scalar, added with the remaining transmittance.
-    Returns:
-        ``rgb (R, C)``, ``opacity (R,)`` (``sum_i w_i``) and the sample weights ``w (S,)``.
     """
     log_transmit = torch.log1p(-alpha.clamp(max=1.0 - 1e-6))
     # float64: the running sum over every ray of a batch reaches -1e5 and more, where float32
@@ -147,7 +142,23 @@ def composite(ray_index: Tensor, alpha: Tensor, colors: Tensor, num_rays: int,
     else:
         base = torch.where(before_ray > 0, inclusive[(before_ray - 1).clamp(min=0)], inclusive.new_zeros(()))
     exclusive = inclusive - log_transmit.double() - base[ray_index]
-    weights = alpha * torch.exp(exclusive).to(alpha.dtype)
+    return torch.exp(exclusive).to(alpha.dtype)
+
+
+def composite(ray_index: Tensor, alpha: Tensor, colors: Tensor, num_rays: int,
+              background: Tensor | float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Front-to-back compositing of packed samples.
+
+    Args:
+        ray_index: ``(S,)`` non-decreasing ray of each sample (samples of a ray in depth order).
+        alpha: ``(S,)`` opacity of each sample, in ``[0, 1)``.
+        colors: ``(S, C)``.
+        num_rays: ``R``.
+        background: ``(C,)``, ``(R, C)`` (one per ray) or a scalar, added with the remaining transmittance.
+    Returns:
+        ``rgb (R, C)``, ``opacity (R,)`` (``sum_i w_i``) and the sample weights ``w (S,)``.
+    """
+    weights = alpha * transmittance(ray_index, alpha, num_rays)
     rgb = colors.new_zeros(num_rays, colors.shape[1]).index_add(0, ray_index, weights[:, None] * colors)
     opacity = alpha.new_zeros(num_rays).index_add(0, ray_index, weights)
     background = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
