@@ -20,21 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pc3d.data.cameras import POSED_IMAGE_FORMATS, detect_posed_format, read_posed_images
+from pc3d.data.cameras import POSED_IMAGE_FORMATS, capture_files, is_posed_capture, read_posed_images
 from pc3d.data.grid_fitter import GridFitConfig, config_dict, fit_radiance_grid
 from pc3d.data.radiance_grid import DENSITY_CONVENTIONS, GridSource, RadianceGrid, read_radiance_grid, write_grid_folder
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
 
 _log = get_logger("pc3d.data")
-
-
-def _is_posed_images(path: Path) -> bool:
-    try:
-        detect_posed_format(path)
-    except (DataFormatError, ConfigError):
-        return False
-    return True
 
 
 def _fit_config(values: dict[str, Any]) -> GridFitConfig:
@@ -45,16 +37,6 @@ def _fit_config(values: dict[str, Any]) -> GridFitConfig:
     config = GridFitConfig(**values)
     config.validate()
     return config
-
-
-def _posed_inputs(src: Path, posed) -> list[Path]:
-    """The files a fitted grid depends on: every image and the camera files directly under ``src``."""
-    images = [c.image_path for c in posed.cameras if c.image_path is not None]
-    metadata = sorted(p for p in src.iterdir() if p.is_file() and p.suffix in (".json", ".npy", ".bin", ".txt", ".pkl"))
-    sparse = src / "sparse" / "0"
-    if sparse.is_dir():
-        metadata += sorted(p for p in sparse.iterdir() if p.is_file())
-    return [*metadata, *images]
 
 
 def _fit_source(src: Path, name: str, fmt: str, config: GridFitConfig) -> GridSource:
@@ -78,7 +60,7 @@ def _fit_source(src: Path, name: str, fmt: str, config: GridFitConfig) -> GridSo
                  "psnr_history": [[s, round(t, 1), round(p, 3)] for s, t, p in fitted.history]}
         return RadianceGrid(rgb=fitted.rgb, alpha=fitted.alpha, box=fitted.box), extra
 
-    return GridSource(name, _posed_inputs(src, posed), convert)
+    return GridSource(name, capture_files(src, posed), convert)
 
 
 def _npz_sources(src: Path, density: str) -> list[GridSource]:
@@ -113,7 +95,7 @@ def prepare_grids(src: str, dst: str, *, fmt: str = "auto", density: str | None 
     if fmt not in formats:
         raise ConfigError(f"format={fmt!r} is unknown (expected one of {', '.join(formats)})")
     is_npz = fmt == "npz" or (fmt == "auto" and (src_p.suffix == ".npz" or src_p.is_dir() and any(src_p.glob("*.npz"))
-                                                 and not _is_posed_images(src_p)))
+                                                 and not is_posed_capture(src_p)))
     if is_npz:
         if density is None:
             raise ConfigError(f"density=... is required to import {src_p} (one of {', '.join(DENSITY_CONVENTIONS)}; "

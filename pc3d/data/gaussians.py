@@ -22,16 +22,23 @@ from __future__ import annotations
 import math
 import os
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pc3d.data.folders import FolderItem, read_format_manifest, read_splits, write_prepared_folder
 from pc3d.data.io import _check_ply_extent, _fail, _read_bytes
-from pc3d.errors import DataFormatError
+from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.atomic import atomic_write
 
-__all__ = ["GaussianCloud", "read_gaussian_ply", "write_gaussian_ply", "gaussian_ply_properties"]
+__all__ = ["GAUSSIAN_FORMAT", "GaussianCloud", "GaussianSource", "gaussian_ply_properties", "read_gaussian_folder",
+           "read_gaussian_manifest", "read_gaussian_ply", "write_gaussian_folder", "write_gaussian_ply"]
+
+#: manifest format of a prepared Gaussian folder (``pc3d prep gaussians``)
+GAUSSIAN_FORMAT = "pc3d-gaussians-v1"
 
 PathLike = str | os.PathLike
 
@@ -202,3 +209,63 @@ def _ranges(ids: list[int]) -> str:
         if i is not None:
             start = prev = i
     return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- prepared folders
+
+
+@dataclass
+class GaussianSource:
+    """One scene to prepare: its name, the files it is made from, and how (``convert()`` returns the
+    :class:`GaussianCloud` and extra manifest keys; it runs only when the scene is not up to date)."""
+
+    name: str
+    inputs: list[Path]
+    convert: Callable[[], tuple[GaussianCloud, dict[str, Any]]]
+
+
+def _write_entry(dst: Path, name: str, payload: tuple[GaussianCloud, dict[str, Any]]) -> dict[str, Any]:
+    cloud, extra = payload
+    write_gaussian_ply(dst / f"{name}.ply", cloud)
+    means = np.asarray(cloud.means, dtype=np.float64)
+    return {"file": f"{name}.ply", "gaussians": len(cloud), "sh_degree": cloud.sh_degree,
+            "bounds": [means.min(0).tolist(), means.max(0).tolist()] if len(cloud) else None, **extra}
+
+
+def read_gaussian_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check ``<root>/manifest.json`` of a prepared Gaussian folder."""
+    manifest = read_format_manifest(root, (GAUSSIAN_FORMAT,), hint="prepare Gaussians with `pc3d prep gaussians`")
+    scenes = manifest.get("scenes")
+    if not isinstance(scenes, dict) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                                               for e in scenes.values()):
+        raise DataFormatError(f"{Path(root) / 'manifest.json'}: 'scenes' must map scene names to "
+                              '{"file": "<name>.ply", ...}')
+    return manifest
+
+
+def write_gaussian_folder(dst: str | os.PathLike, sources: Sequence[GaussianSource], *, dataset: str,
+                          source: str | os.PathLike, params: dict[str, Any], force: bool = False) -> dict[str, Any]:
+    """Write (or bring up to date) the prepared Gaussian folder ``dst``: ``<name>.ply`` per scene (the
+    standard 3DGS layout), ``manifest.json`` and ``splits.json`` (every scene in ``train``), through
+    :func:`pc3d.data.folders.write_prepared_folder` (idempotent, atomic, never touching files it did not write)."""
+    setup = {"format": GAUSSIAN_FORMAT, "dataset": dataset, "source": str(Path(os.path.abspath(source))),
+             "params": params}
+    items = [FolderItem(item.name, item.inputs, item.convert) for item in sources]
+    return write_prepared_folder(dst, items, setup=setup, write=_write_entry,
+                                 outputs=lambda root, name, entry: [root / entry["file"]],
+                                 location=lambda root, name: root / f"{name}.ply",
+                                 read_manifest=read_gaussian_manifest,
+                                 splits={"train": [s.name for s in sources], "val": []}, force=force)
+
+
+def read_gaussian_folder(root: str | os.PathLike, split: str | None = None) -> dict[str, GaussianCloud]:
+    """The Gaussian scenes of a prepared folder (those of ``split`` in its ``splits.json``, or all), by name."""
+    root = Path(root)
+    scenes = read_gaussian_manifest(root)["scenes"]
+    names = list(scenes)
+    if split is not None:
+        splits = read_splits(root, names)
+        if split not in splits:
+            raise ConfigError(f"split {split!r} not in {root / 'splits.json'} (available: {', '.join(splits)})")
+        names = splits[split]
+    return {name: read_gaussian_ply(root / scenes[name]["file"]) for name in names}

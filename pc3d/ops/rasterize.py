@@ -68,7 +68,7 @@ from pc3d.errors import ConfigError
 from pc3d.ops._checks import without_autocast
 from pc3d.ops.backends import resolve_backend
 
-__all__ = ["CHUNK_ELEMENTS", "RenderedImages", "rasterize_gaussians"]
+__all__ = ["CHUNK_ELEMENTS", "RenderedImages", "quat_to_rotmat", "rasterize_gaussians"]
 
 #: A Gaussian whose alpha at a pixel is below this is skipped there (and one with a lower
 #: opacity is culled).
@@ -282,7 +282,7 @@ def _check_inputs(means, quats, log_scales, opacity_logits, colors, viewmats, Ks
 # --------------------------------------------------------------------------- projection
 
 
-def _quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
+def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
     """``(N, 4)`` wxyz (any norm) -> ``(N, 3, 3)`` rotation matrices."""
     w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
     rows = (1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
@@ -301,7 +301,7 @@ class _Projection:
 
 def _project(means, quats, log_scales, opacities, viewmats, Ks, width, height, near, far, eps2d) -> _Projection:
     """EWA projection of every Gaussian into every camera (differentiable except the radii)."""
-    rot = _quat_to_rotmat(quats)
+    rot = quat_to_rotmat(quats)
     m = rot * torch.exp(log_scales)[:, None, :]  # R S
     cov = m @ m.transpose(1, 2)  # (N, 3, 3)
     w_rot, w_t = viewmats[:, :3, :3], viewmats[:, :3, 3]

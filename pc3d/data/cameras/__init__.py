@@ -64,7 +64,9 @@ __all__ = [
     "Camera",
     "PosedImages",
     "camera_rays",
+    "capture_files",
     "detect_posed_format",
+    "is_posed_capture",
     "read_blender",
     "read_colmap",
     "read_instant_ngp",
@@ -131,6 +133,15 @@ def detect_posed_format(path: PathLike) -> str:
     raise DataFormatError(f"{path}: no posed-image format recognised (expected one of {_expected_formats()})")
 
 
+def is_posed_capture(path: PathLike) -> bool:
+    """Whether ``path`` holds posed images in a format pc3d reads (:func:`detect_posed_format` succeeds)."""
+    try:
+        detect_posed_format(path)
+    except (DataFormatError, ConfigError):
+        return False
+    return True
+
+
 def read_posed_images(path: PathLike, format: str = "auto", **options: Any) -> PosedImages:
     """Read posed images of any supported format; ``format="auto"`` detects it from the files present.
 
@@ -146,3 +157,16 @@ def read_posed_images(path: PathLike, format: str = "auto", **options: Any) -> P
     if path.is_file() and name in ("llff", "colmap"):
         path = path.parent
     return POSED_IMAGE_FORMATS[name][0](path, **options)
+
+
+def capture_files(src: PathLike, posed: PosedImages) -> list[Path]:
+    """The files a result made from the capture at ``src`` depends on: the camera files directly under
+    ``src`` (and a COLMAP ``sparse/0``), then every colour and depth image (what a prepared folder
+    lists as an item's inputs, so a changed pose or image re-makes the item)."""
+    src = Path(src)
+    images = [p for c in posed.cameras for p in (c.image_path, c.depth_path) if p is not None]
+    metadata = sorted(p for p in src.iterdir() if p.is_file() and p.suffix in (".json", ".npy", ".bin", ".txt", ".pkl"))
+    sparse = src / "sparse" / "0"
+    if sparse.is_dir():
+        metadata += sorted(p for p in sparse.iterdir() if p.is_file())
+    return [*metadata, *images]
