@@ -22,23 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pc3d.data.cameras import POSED_IMAGE_FORMATS, capture_files, is_posed_capture, read_posed_images
+from data_prep import capture_source, fitter_config
+from pc3d.data.cameras import capture_files, read_posed_images
 from pc3d.data.gaussian_fitter import GaussianFitConfig, config_dict, fit_gaussians
 from pc3d.data.gaussians import GaussianCloud, GaussianSource, read_gaussian_ply, write_gaussian_folder
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
 
 _log = get_logger("pc3d.data")
-
-
-def _fit_config(values: dict[str, Any]) -> GaussianFitConfig:
-    known = set(GaussianFitConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"fit.{unknown[0]} is not a fitter setting (known: {', '.join(sorted(known))})")
-    config = GaussianFitConfig(**values)
-    config.validate()
-    return config
 
 
 def _fit_source(src: Path, name: str, fmt: str, config: GaussianFitConfig) -> GaussianSource:
@@ -92,20 +83,11 @@ def prepare_gaussians(src: str, dst: str, *, fmt: str = "auto", name: str | None
 
     Every argument is checked before anything is written.
     """
-    src_p, dst_p = Path(src), Path(dst)
-    if not src_p.exists():
-        raise DataFormatError(f"{src_p}: source not found")
-    if src_p.resolve() == dst_p.resolve():
-        raise ConfigError(f"dst {dst} must differ from src {src}")
-    formats = ("auto", "ply", *POSED_IMAGE_FORMATS)
-    if fmt not in formats:
-        raise ConfigError(f"format={fmt!r} is unknown (expected one of {', '.join(formats)})")
-    is_ply = fmt == "ply" or (fmt == "auto" and (src_p.suffix == ".ply" or src_p.is_dir() and any(src_p.glob("*.ply"))
-                                                 and not is_posed_capture(src_p)))
+    src_p, dst_p, is_ply = capture_source(src, dst, fmt, "ply", ".ply")
     if is_ply:
         sources, params = _ply_sources(src_p), {"format": "ply"}
     else:
-        config = _fit_config(dict(fit or {}))
+        config = fitter_config(GaussianFitConfig, dict(fit or {}))
         scene_name = name or src_p.resolve().name
         if not scene_name or "/" in scene_name or scene_name.startswith("."):
             raise ConfigError(f"name={scene_name!r} must be a plain file name")

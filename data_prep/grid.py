@@ -20,23 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pc3d.data.cameras import POSED_IMAGE_FORMATS, capture_files, is_posed_capture, read_posed_images
+from data_prep import capture_source, fitter_config
+from pc3d.data.cameras import capture_files, read_posed_images
 from pc3d.data.grid_fitter import GridFitConfig, config_dict, fit_radiance_grid
 from pc3d.data.radiance_grid import DENSITY_CONVENTIONS, GridSource, RadianceGrid, read_radiance_grid, write_grid_folder
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
 
 _log = get_logger("pc3d.data")
-
-
-def _fit_config(values: dict[str, Any]) -> GridFitConfig:
-    known = set(GridFitConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"fit.{unknown[0]} is not a fitter setting (known: {', '.join(sorted(known))})")
-    config = GridFitConfig(**values)
-    config.validate()
-    return config
 
 
 def _fit_source(src: Path, name: str, fmt: str, config: GridFitConfig) -> GridSource:
@@ -86,16 +77,7 @@ def prepare_grids(src: str, dst: str, *, fmt: str = "auto", density: str | None 
 
     Every argument is checked before anything is written.
     """
-    src_p, dst_p = Path(src), Path(dst)
-    if not src_p.exists():
-        raise DataFormatError(f"{src_p}: source not found")
-    if src_p.resolve() == dst_p.resolve():
-        raise ConfigError(f"dst {dst} must differ from src {src}")
-    formats = ("auto", "npz", *POSED_IMAGE_FORMATS)
-    if fmt not in formats:
-        raise ConfigError(f"format={fmt!r} is unknown (expected one of {', '.join(formats)})")
-    is_npz = fmt == "npz" or (fmt == "auto" and (src_p.suffix == ".npz" or src_p.is_dir() and any(src_p.glob("*.npz"))
-                                                 and not is_posed_capture(src_p)))
+    src_p, dst_p, is_npz = capture_source(src, dst, fmt, "npz", ".npz")
     if is_npz:
         if density is None:
             raise ConfigError(f"density=... is required to import {src_p} (one of {', '.join(DENSITY_CONVENTIONS)}; "
@@ -106,7 +88,7 @@ def prepare_grids(src: str, dst: str, *, fmt: str = "auto", density: str | None 
     else:
         if density is not None:
             raise ConfigError("density= applies to importing .npz grids only; a fitted grid's density is alpha")
-        config = _fit_config(dict(fit or {}))
+        config = fitter_config(GridFitConfig, dict(fit or {}))
         grid_name = name or src_p.resolve().name
         if not grid_name or "/" in grid_name or grid_name.startswith("."):
             raise ConfigError(f"name={grid_name!r} must be a plain file name")

@@ -34,7 +34,7 @@ MANIFEST = "manifest.json"
 SPLITS = "splits.json"
 
 __all__ = ["FolderItem", "MANIFEST", "SPLITS", "check_replaceable", "read_format_manifest", "read_splits",
-           "write_prepared_folder"]
+           "split_names", "write_prepared_folder"]
 
 
 def check_replaceable(dst: str | os.PathLike, formats: Sequence[str], force: bool = False,
@@ -107,6 +107,16 @@ def read_splits(root: str | os.PathLike, names: Sequence[str]) -> dict[str, list
             raise DataFormatError(f"{path}: split {split!r} names scenes that are not in {MANIFEST}: "
                                   f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     return splits
+
+
+def split_names(root: str | os.PathLike, names: Sequence[str], split: str | None) -> list[str]:
+    """The item names of ``split`` in ``<root>/splits.json`` (all ``names`` for ``None``)."""
+    if split is None:
+        return list(names)
+    splits = read_splits(root, names)
+    if split not in splits:
+        raise ConfigError(f"split {split!r} not in {Path(root) / SPLITS} (available: {', '.join(splits)})")
+    return splits[split]
 
 
 def _listing(files: Sequence[Path], base: Path) -> list[list[Any]]:

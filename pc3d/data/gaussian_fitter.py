@@ -42,7 +42,7 @@ from torch import Tensor
 
 from pc3d.data.cameras import PosedImages, camera_rays
 from pc3d.data.gaussians import GaussianCloud
-from pc3d.data.grid_fitter import psnr, scene_box_from_cameras
+from pc3d.data.grid_fitter import background_color, psnr, scene_box_from_cameras
 from pc3d.errors import ConfigError
 from pc3d.ops.neighbors import knn
 from pc3d.ops.rasterize import SH_C0, quat_to_rotmat, rasterize_gaussians
@@ -520,14 +520,6 @@ def heldout_psnr(cloud: _Cloud | GaussianCloud, views: _Views, degree: int, back
     return float(np.mean(scores))
 
 
-def _background(posed: PosedImages, config: GaussianFitConfig) -> Tensor:
-    if config.background is not None:
-        return torch.tensor([float(c) for c in config.background])
-    if posed.background is not None:
-        return torch.from_numpy(posed.background.astype(np.float32))
-    return torch.zeros(3)
-
-
 def fit_gaussians(posed: PosedImages, config: GaussianFitConfig,
                   on_step: Callable[[int, float, int], None] | None = None) -> FittedGaussians:
     """Fit 3D Gaussians to ``posed`` (see the module docstring).
@@ -544,7 +536,7 @@ def fit_gaussians(posed: PosedImages, config: GaussianFitConfig,
         raise ConfigError(f"gaussian fit: holdout_every={config.holdout_every} leaves no training view "
                           f"of {len(posed)}")
     generator = torch.Generator().manual_seed(config.seed)
-    background = _background(posed, config)
+    background = background_color(posed, config.background)
     train = _Views.load(posed, train_views, config.downscale)
     held = _Views.load(posed, held_views, config.downscale) if len(held_views) else None
     random_background = config.random_background and train.alphas is not None

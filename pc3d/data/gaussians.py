@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from pc3d.data.folders import FolderItem, read_format_manifest, read_splits, write_prepared_folder
+from pc3d.data.folders import FolderItem, read_format_manifest, split_names, write_prepared_folder
 from pc3d.data.io import _check_ply_extent, _fail, _read_bytes
-from pc3d.errors import ConfigError, DataFormatError
+from pc3d.errors import DataFormatError
 from pc3d.utils.atomic import atomic_write
 
 __all__ = ["GAUSSIAN_FORMAT", "GaussianCloud", "GaussianSource", "gaussian_ply_properties", "read_gaussian_folder",
@@ -262,10 +262,4 @@ def read_gaussian_folder(root: str | os.PathLike, split: str | None = None) -> d
     """The Gaussian scenes of a prepared folder (those of ``split`` in its ``splits.json``, or all), by name."""
     root = Path(root)
     scenes = read_gaussian_manifest(root)["scenes"]
-    names = list(scenes)
-    if split is not None:
-        splits = read_splits(root, names)
-        if split not in splits:
-            raise ConfigError(f"split {split!r} not in {root / 'splits.json'} (available: {', '.join(splits)})")
-        names = splits[split]
-    return {name: read_gaussian_ply(root / scenes[name]["file"]) for name in names}
+    return {name: read_gaussian_ply(root / scenes[name]["file"]) for name in split_names(root, scenes, split)}

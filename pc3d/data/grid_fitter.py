@@ -414,9 +414,11 @@ def _evaluate(grid: _Grid, rays: _Rays, config: GridFitConfig, occupancy: Tensor
     return float(np.mean(total))
 
 
-def _background(posed: PosedImages, config: GridFitConfig) -> Tensor:
-    if config.background is not None:
-        return torch.tensor([float(c) for c in config.background])
+def background_color(posed: PosedImages, background: Sequence[float] | None) -> Tensor:
+    """``(3,)`` the colour a fit renders over: ``background`` if given, else the images' own (white
+    for Blender sets), else black."""
+    if background is not None:
+        return torch.tensor([float(c) for c in background])
     if posed.background is not None:
         return torch.from_numpy(posed.background.astype(np.float32))
     return torch.zeros(3)
@@ -443,7 +445,7 @@ def fit_radiance_grid(posed: PosedImages, config: GridFitConfig,
         raise ConfigError(f"grid fit: holdout_every={config.holdout_every} leaves no training view "
                           f"of {len(posed)}")
     generator = torch.Generator().manual_seed(config.seed)
-    background = _background(posed, config)
+    background = background_color(posed, config.background)
     train = _Rays(posed, train_views, config.downscale)
     random_background = config.random_background and train.alpha is not None
     image_background = torch.from_numpy(posed.background) if posed.background is not None else background
@@ -535,5 +537,5 @@ def config_dict(config: GridFitConfig) -> dict:
     return out
 
 
-__all__ = ["FittedGrid", "GridFitConfig", "cell_centres", "config_dict", "fit_radiance_grid", "grid_shape", "psnr",
-           "scene_box_from_cameras"]
+__all__ = ["FittedGrid", "GridFitConfig", "background_color", "cell_centres", "config_dict", "fit_radiance_grid",
+           "grid_shape", "psnr", "scene_box_from_cameras"]

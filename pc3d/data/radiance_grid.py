@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pc3d.data.folders import FolderItem, read_format_manifest, read_splits, write_prepared_folder
+from pc3d.data.folders import FolderItem, read_format_manifest, split_names, write_prepared_folder
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.atomic import atomic_write
 
@@ -228,13 +228,8 @@ def read_grid_folder(root: str | os.PathLike, split: str | None = None) -> dict[
     """The grids of a prepared folder (those of ``split`` in its ``splits.json``, or all), by name."""
     root = Path(root)
     scenes = read_grid_manifest(root)["scenes"]
-    names = list(scenes)
-    if split is not None:
-        splits = read_splits(root, names)
-        if split not in splits:
-            raise ConfigError(f"split {split!r} not in {root / 'splits.json'} (available: {', '.join(splits)})")
-        names = splits[split]
-    return {name: read_radiance_grid(root / scenes[name]["file"], density="alpha") for name in names}
+    return {name: read_radiance_grid(root / scenes[name]["file"], density="alpha")
+            for name in split_names(root, scenes, split)}
 
 
 __all__ = ["DENSITY_CONVENTIONS", "GRID_FORMAT", "GridSource", "RadianceGrid", "density_to_alpha",
