@@ -9,8 +9,9 @@ first on ``PYTHONPATH``), the same command::
     pc3d detect train checkpoint=random encoder=sparse_unet data=synthetic_rooms data.train_scenes=8
         data.val_scenes=1 trainer.batch_size=4 trainer.max_steps=STEPS trainer.log_every=STEPS ...
 
-and the table reports the training throughput the Trainer logs at its last step (samples/s over
-the whole loop, data loading included) as steps/s. Rounds alternate between the checkouts
+and the table reports the training throughput the Trainer records at its last step (samples/s over
+the whole loop, data loading included; read at full precision from the run's TensorBoard scalar
+``train/samples_per_s``, since the log line rounds it to 0.1) as steps/s. Rounds alternate between the checkouts
 (A B A B ...), so a change of machine load hits every checkout alike; the table gives the median
 and the spread. Written for the contracts change: before it, every training forward voxelised
 the scene and estimated PCA normals on the CPU inside the model; after it, the data loader does.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -29,9 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name  # noqa: E402
-
-LOG = re.compile(r"step (\d+)/(\d+) loss \S+ lr \S+ ([\d.]+) samples/s")
-
 
 def run_once(repo: Path, steps: int, threads: int, extra: list[str], out: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(repo), PC3D_PROGRESS="0", OMP_NUM_THREADS=str(threads),
@@ -43,10 +40,15 @@ def run_once(repo: Path, steps: int, threads: int, extra: list[str], out: Path) 
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
     if proc.returncode != 0:
         raise SystemExit(f"{repo}: detect train failed:\n{proc.stderr[-3000:]}")
-    found = [m for m in LOG.finditer(proc.stderr) if int(m.group(1)) == steps]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "run" / "tb"))
+    events.Reload()
+    found = [e for e in events.Scalars("train/samples_per_s") if e.step == steps] \
+        if "train/samples_per_s" in events.Tags().get("scalars", []) else []
     if not found:
-        raise SystemExit(f"{repo}: no training log line for step {steps} in:\n{proc.stderr[-2000:]}")
-    return float(found[-1].group(3)) / 4  # samples/s → steps/s at batch 4
+        raise SystemExit(f"{repo}: no train/samples_per_s scalar at step {steps} under {out / 'run' / 'tb'}")
+    return found[-1].value / 4  # samples/s → steps/s at batch 4
 
 
 def main() -> None:

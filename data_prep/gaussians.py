@@ -24,15 +24,16 @@ from typing import Any
 
 from data_prep import capture_source, fitter_config
 from pc3d.data.cameras import capture_files, read_posed_images
+from pc3d.data.folders import FolderItem
 from pc3d.data.gaussian_fitter import GaussianFitConfig, config_dict, fit_gaussians
-from pc3d.data.gaussians import GaussianCloud, GaussianSource, read_gaussian_ply, write_gaussian_folder
+from pc3d.data.gaussians import GaussianCloud, read_gaussian_ply, write_gaussian_folder
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
 
 _log = get_logger("pc3d.data")
 
 
-def _fit_source(src: Path, name: str, fmt: str, config: GaussianFitConfig) -> GaussianSource:
+def _fit_source(src: Path, name: str, fmt: str, config: GaussianFitConfig) -> FolderItem:
     posed = read_posed_images(src, format=fmt)
     if len(posed) == 0:
         raise DataFormatError(f"{src}: the capture has no views (expected posed images)")
@@ -56,19 +57,19 @@ def _fit_source(src: Path, name: str, fmt: str, config: GaussianFitConfig) -> Ga
                  "psnr_history": [[s, round(t, 1), round(p, 3), n] for s, t, p, n in fitted.history]}
         return fitted.cloud, extra
 
-    return GaussianSource(name, capture_files(src, posed), convert)
+    return FolderItem(name, capture_files(src, posed), convert)
 
 
-def _ply_sources(src: Path) -> list[GaussianSource]:
+def _ply_sources(src: Path) -> list[FolderItem]:
     files = [src] if src.is_file() else sorted(src.glob("*.ply"))
     if not files:
         raise DataFormatError(f"{src}: no .ply Gaussian scene found")
 
-    def source(path: Path) -> GaussianSource:
+    def source(path: Path) -> FolderItem:
         def convert() -> tuple[GaussianCloud, dict[str, Any]]:
             return read_gaussian_ply(path), {"source_format": "ply"}
 
-        return GaussianSource(path.stem, [path], convert)
+        return FolderItem(path.stem, [path], convert)
 
     for path in progress(files, desc="check Gaussians"):
         cloud = read_gaussian_ply(path)  # every file is checked before the first is written

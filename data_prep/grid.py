@@ -22,15 +22,16 @@ from typing import Any
 
 from data_prep import capture_source, fitter_config
 from pc3d.data.cameras import capture_files, read_posed_images
+from pc3d.data.folders import FolderItem
 from pc3d.data.grid_fitter import GridFitConfig, config_dict, fit_radiance_grid
-from pc3d.data.radiance_grid import DENSITY_CONVENTIONS, GridSource, RadianceGrid, read_radiance_grid, write_grid_folder
+from pc3d.data.radiance_grid import DENSITY_CONVENTIONS, RadianceGrid, read_radiance_grid, write_grid_folder
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.progress import get_logger, progress
 
 _log = get_logger("pc3d.data")
 
 
-def _fit_source(src: Path, name: str, fmt: str, config: GridFitConfig) -> GridSource:
+def _fit_source(src: Path, name: str, fmt: str, config: GridFitConfig) -> FolderItem:
     posed = read_posed_images(src, format=fmt)
 
     def convert() -> tuple[RadianceGrid, dict[str, Any]]:
@@ -51,20 +52,20 @@ def _fit_source(src: Path, name: str, fmt: str, config: GridFitConfig) -> GridSo
                  "psnr_history": [[s, round(t, 1), round(p, 3)] for s, t, p in fitted.history]}
         return RadianceGrid(rgb=fitted.rgb, alpha=fitted.alpha, box=fitted.box), extra
 
-    return GridSource(name, capture_files(src, posed), convert)
+    return FolderItem(name, capture_files(src, posed), convert)
 
 
-def _npz_sources(src: Path, density: str) -> list[GridSource]:
+def _npz_sources(src: Path, density: str) -> list[FolderItem]:
     files = [src] if src.is_file() else sorted(src.glob("*.npz"))
     files = [f for f in files if not f.name.endswith("_split.npz")]  # NeRF-MAE's split lists, not grids
     if not files:
         raise DataFormatError(f"{src}: no .npz radiance grid found")
 
-    def source(path: Path) -> GridSource:
+    def source(path: Path) -> FolderItem:
         def convert() -> tuple[RadianceGrid, dict[str, Any]]:
             return read_radiance_grid(path, density=density), {"source_format": "npz", "source_density": density}
 
-        return GridSource(path.stem, [path], convert)
+        return FolderItem(path.stem, [path], convert)
 
     for path in progress(files, desc="check grids"):
         read_radiance_grid(path, density=density)  # every file is checked before the first is written

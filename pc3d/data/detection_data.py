@@ -86,17 +86,13 @@ class DetectionDataset(SampleDataset):
         self.flip_axes, self.max_rotation, self.scale_range = tuple(flip_axes), max_rotation, tuple(scale_range)
         self.quarter_turns = quarter_turns
         self.max_boxes = max(1, max(len(s.boxes) for s in self.scenes))
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.scenes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.scenes[index]
-        rng = np.random.default_rng([self.seed, self.epoch if self.augment else 0, index])
+        rng = self.sample_rng(index)
         table = scene.points if scene.colors is None else np.concatenate([scene.points, scene.colors], axis=1)
         table, boxes = random_subsample(table, self.num_points, rng), scene.boxes  # colours ride along
         if self.augment:

@@ -93,6 +93,18 @@ def read_format_manifest(root: str | os.PathLike, formats: Sequence[str], hint: 
     return manifest
 
 
+def read_file_manifest(root: str | os.PathLike, format: str, hint: str, item: str, suffix: str) -> dict[str, Any]:
+    """:func:`read_format_manifest` for folders of one file per item: its ``scenes`` must map each ``item``
+    name to ``{"file": "<name><suffix>", ...}``, else a DataFormatError naming the file."""
+    manifest = read_format_manifest(root, (format,), hint=hint)
+    scenes = manifest.get("scenes")
+    if not isinstance(scenes, dict) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                                               for e in scenes.values()):
+        raise DataFormatError(f"{Path(root) / MANIFEST}: 'scenes' must map {item} names to "
+                              f'{{"file": "<name>{suffix}", ...}}')
+    return manifest
+
+
 def read_splits(root: str | os.PathLike, names: Sequence[str]) -> dict[str, list[str]]:
     """``<root>/splits.json`` → ``{split: [item names]}``; every name must be one of ``names``."""
     path = Path(root) / SPLITS

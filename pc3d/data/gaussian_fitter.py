@@ -42,10 +42,11 @@ from torch import Tensor
 
 from pc3d.data.cameras import PosedImages, camera_rays
 from pc3d.data.gaussians import GaussianCloud
-from pc3d.data.grid_fitter import background_color, psnr, scene_box_from_cameras
+from pc3d.data.grid_fitter import (background_color, check_background_and_box, fit_split, psnr,
+                                   scene_box_from_cameras)
 from pc3d.errors import ConfigError
 from pc3d.ops.neighbors import knn
-from pc3d.ops.rasterize import SH_C0, quat_to_rotmat, rasterize_gaussians
+from pc3d.ops.rasterize import quat_to_rotmat, rasterize_gaussians, rgb_to_sh
 from pc3d.ops.ssim import ssim
 
 INIT_KINDS = ("auto", "points", "depth", "random")
@@ -159,14 +160,7 @@ class GaussianFitConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
                 raise ConfigError(f"gaussian fit: {name} must be in [0, 1), got {value!r}")
-        if self.background is not None and (len(self.background) != 3
-                                            or not all(0 <= float(c) <= 1 for c in self.background)):
-            raise ConfigError(f"gaussian fit: background must be 3 values in [0, 1] or null, got {self.background!r}")
-        if self.box is not None:
-            box = np.asarray(self.box, dtype=np.float64)
-            if box.shape != (2, 3) or not np.isfinite(box).all() or not (box[1] > box[0]).all():
-                raise ConfigError(f"gaussian fit: box must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with "
-                                  f"max > min, got {self.box!r}")
+        check_background_and_box("gaussian fit", self.background, self.box)
 
 
 @dataclass
@@ -404,7 +398,7 @@ def _initial_cloud(points: Tensor, colors: Tensor, config: GaussianFitConfig, sc
         "quats": torch.rand(num, 4, generator=generator),
         "log_scales": torch.log(spacing * config.init_scale)[:, None].repeat(1, 3),
         "opacity_logits": torch.full((num,), math.log(config.init_opacity / (1 - config.init_opacity))),
-        "sh0": ((colors - 0.5) / SH_C0)[:, None, :],
+        "sh0": rgb_to_sh(colors),
         "sh_rest": torch.zeros(num, rest, 3),
     }
     rates = {name: getattr(config, field) for name, field in _LR_FIELDS.items()}
@@ -530,11 +524,7 @@ def fit_gaussians(posed: PosedImages, config: GaussianFitConfig,
     config.validate()
     if len(posed) == 0:
         raise ConfigError("gaussian fit: the capture has no views")
-    train_views, held_views = posed.holdout_split(config.holdout_every) if config.holdout_every else (
-        np.arange(len(posed)), np.arange(0))
-    if len(train_views) == 0:
-        raise ConfigError(f"gaussian fit: holdout_every={config.holdout_every} leaves no training view "
-                          f"of {len(posed)}")
+    train_views, held_views = fit_split(posed, config.holdout_every, "gaussian fit")
     generator = torch.Generator().manual_seed(config.seed)
     background = background_color(posed, config.background)
     train = _Views.load(posed, train_views, config.downscale)

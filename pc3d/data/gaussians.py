@@ -22,19 +22,19 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pc3d.data.folders import FolderItem, read_format_manifest, split_names, write_prepared_folder
+from pc3d.data.folders import FolderItem, read_file_manifest, split_names, write_prepared_folder
 from pc3d.data.io import _check_ply_extent, _fail, _read_bytes
 from pc3d.errors import DataFormatError
 from pc3d.utils.atomic import atomic_write
 
-__all__ = ["GAUSSIAN_FORMAT", "GaussianCloud", "GaussianSource", "gaussian_ply_properties", "read_gaussian_folder",
+__all__ = ["GAUSSIAN_FORMAT", "GaussianCloud", "gaussian_ply_properties", "read_gaussian_folder",
            "read_gaussian_manifest", "read_gaussian_ply", "write_gaussian_folder", "write_gaussian_ply"]
 
 #: manifest format of a prepared Gaussian folder (``pc3d prep gaussians``)
@@ -214,16 +214,6 @@ def _ranges(ids: list[int]) -> str:
 # --------------------------------------------------------------------------- prepared folders
 
 
-@dataclass
-class GaussianSource:
-    """One scene to prepare: its name, the files it is made from, and how (``convert()`` returns the
-    :class:`GaussianCloud` and extra manifest keys; it runs only when the scene is not up to date)."""
-
-    name: str
-    inputs: list[Path]
-    convert: Callable[[], tuple[GaussianCloud, dict[str, Any]]]
-
-
 def _write_entry(dst: Path, name: str, payload: tuple[GaussianCloud, dict[str, Any]]) -> dict[str, Any]:
     cloud, extra = payload
     write_gaussian_ply(dst / f"{name}.ply", cloud)
@@ -234,24 +224,17 @@ def _write_entry(dst: Path, name: str, payload: tuple[GaussianCloud, dict[str, A
 
 def read_gaussian_manifest(root: str | os.PathLike) -> dict[str, Any]:
     """Parse and check ``<root>/manifest.json`` of a prepared Gaussian folder."""
-    manifest = read_format_manifest(root, (GAUSSIAN_FORMAT,), hint="prepare Gaussians with `pc3d prep gaussians`")
-    scenes = manifest.get("scenes")
-    if not isinstance(scenes, dict) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
-                                               for e in scenes.values()):
-        raise DataFormatError(f"{Path(root) / 'manifest.json'}: 'scenes' must map scene names to "
-                              '{"file": "<name>.ply", ...}')
-    return manifest
+    return read_file_manifest(root, GAUSSIAN_FORMAT, "prepare Gaussians with `pc3d prep gaussians`", "scene", ".ply")
 
 
-def write_gaussian_folder(dst: str | os.PathLike, sources: Sequence[GaussianSource], *, dataset: str,
+def write_gaussian_folder(dst: str | os.PathLike, sources: Sequence[FolderItem], *, dataset: str,
                           source: str | os.PathLike, params: dict[str, Any], force: bool = False) -> dict[str, Any]:
     """Write (or bring up to date) the prepared Gaussian folder ``dst``: ``<name>.ply`` per scene (the
     standard 3DGS layout), ``manifest.json`` and ``splits.json`` (every scene in ``train``), through
     :func:`pc3d.data.folders.write_prepared_folder` (idempotent, atomic, never touching files it did not write)."""
     setup = {"format": GAUSSIAN_FORMAT, "dataset": dataset, "source": str(Path(os.path.abspath(source))),
              "params": params}
-    items = [FolderItem(item.name, item.inputs, item.convert) for item in sources]
-    return write_prepared_folder(dst, items, setup=setup, write=_write_entry,
+    return write_prepared_folder(dst, sources, setup=setup, write=_write_entry,
                                  outputs=lambda root, name, entry: [root / entry["file"]],
                                  location=lambda root, name: root / f"{name}.ply",
                                  read_manifest=read_gaussian_manifest,

@@ -48,13 +48,10 @@ class GridDataset(SampleDataset):
         if not grids:
             raise ConfigError("data=grids: no grid in the chosen splits")
         self.grids, self.names = list(grids), list(names)
-        self.augment, self.seed, self.epoch = augment, int(seed), 0
+        self.augment, self.seed = augment, int(seed)
 
     def __len__(self) -> int:
         return len(self.grids)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = radiance_grid_sample(self.grids[index])

@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,14 +157,7 @@ class GridFitConfig:
         if initial >= self.occupancy_threshold:
             raise ConfigError(f"grid fit: occupancy_threshold ({self.occupancy_threshold}) must exceed the initial "
                               f"opacity {initial:.3g} of density_shift={self.density_shift}")
-        if self.background is not None and (len(self.background) != 3
-                                            or not all(0 <= float(c) <= 1 for c in self.background)):
-            raise ConfigError(f"grid fit: background must be 3 values in [0, 1] or null, got {self.background!r}")
-        if self.box is not None:
-            box = np.asarray(self.box, dtype=np.float64)
-            if box.shape != (2, 3) or not np.isfinite(box).all() or not (box[1] > box[0]).all():
-                raise ConfigError(f"grid fit: box must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with max > min, "
-                                  f"got {self.box!r}")
+        check_background_and_box("grid fit", self.background, self.box)
 
 
 @dataclass
@@ -414,6 +408,28 @@ def _evaluate(grid: _Grid, rays: _Rays, config: GridFitConfig, occupancy: Tensor
     return float(np.mean(total))
 
 
+def check_background_and_box(what: str, background: Sequence[float] | None, box: Sequence[Any] | None) -> None:
+    """A fit's ``background`` (3 values in [0, 1] or None) and ``box`` (``[[min xyz], [max xyz]]``, max > min,
+    or None), else a ConfigError naming ``what`` (``"grid fit"``)."""
+    if background is not None and (len(background) != 3 or not all(0 <= float(c) <= 1 for c in background)):
+        raise ConfigError(f"{what}: background must be 3 values in [0, 1] or null, got {background!r}")
+    if box is not None:
+        corners = np.asarray(box, dtype=np.float64)
+        if corners.shape != (2, 3) or not np.isfinite(corners).all() or not (corners[1] > corners[0]).all():
+            raise ConfigError(f"{what}: box must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with max > min, "
+                              f"got {box!r}")
+
+
+def fit_split(posed: PosedImages, holdout_every: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A fit's training and held-out view indices: every ``holdout_every``-th view held out (0: none), else a
+    ConfigError naming ``what`` where no training view would be left."""
+    train_views, held_views = posed.holdout_split(holdout_every) if holdout_every else (
+        np.arange(len(posed)), np.arange(0))
+    if len(train_views) == 0:
+        raise ConfigError(f"{what}: holdout_every={holdout_every} leaves no training view of {len(posed)}")
+    return train_views, held_views
+
+
 def background_color(posed: PosedImages, background: Sequence[float] | None) -> Tensor:
     """``(3,)`` the colour a fit renders over: ``background`` if given, else the images' own (white
     for Blender sets), else black."""
@@ -439,11 +455,7 @@ def fit_radiance_grid(posed: PosedImages, config: GridFitConfig,
     given config on one machine and thread count.
     """
     config.validate()
-    train_views, held_views = posed.holdout_split(config.holdout_every) if config.holdout_every else (
-        np.arange(len(posed)), np.arange(0))
-    if len(train_views) == 0:
-        raise ConfigError(f"grid fit: holdout_every={config.holdout_every} leaves no training view "
-                          f"of {len(posed)}")
+    train_views, held_views = fit_split(posed, config.holdout_every, "grid fit")
     generator = torch.Generator().manual_seed(config.seed)
     background = background_color(posed, config.background)
     train = _Rays(posed, train_views, config.downscale)

@@ -23,11 +23,11 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from pc3d.data.folders import FolderItem, read_format_manifest, split_names, write_prepared_folder
+from pc3d.data.folders import FolderItem, read_file_manifest, split_names, write_prepared_folder
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.utils.atomic import atomic_write
 
@@ -183,16 +183,6 @@ def read_radiance_grid(path: str | os.PathLike, density: str | None = None) -> R
 # ----------------------------------------------------------------------------- prepared grid folders
 
 
-@dataclass
-class GridSource:
-    """One grid to prepare: its name, the files it is made from, and how (``convert()`` returns the
-    :class:`RadianceGrid` and extra manifest keys; it runs only when the grid is not up to date)."""
-
-    name: str
-    inputs: list[Path]
-    convert: Callable[[], tuple[RadianceGrid, dict[str, Any]]]
-
-
 def _write_entry(dst: Path, name: str, payload: tuple[RadianceGrid, dict[str, Any]]) -> dict[str, Any]:
     grid, extra = payload
     write_radiance_grid(dst / f"{name}.npz", grid)
@@ -201,24 +191,17 @@ def _write_entry(dst: Path, name: str, payload: tuple[RadianceGrid, dict[str, An
 
 def read_grid_manifest(root: str | os.PathLike) -> dict[str, Any]:
     """Parse and check ``<root>/manifest.json`` of a prepared grid folder."""
-    manifest = read_format_manifest(root, (GRID_FORMAT,), hint="prepare grids with `pc3d prep grid`")
-    scenes = manifest.get("scenes")
-    if not isinstance(scenes, dict) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
-                                               for e in scenes.values()):
-        raise DataFormatError(f"{Path(root) / 'manifest.json'}: 'scenes' must map grid names to "
-                              '{"file": "<name>.npz", ...}')
-    return manifest
+    return read_file_manifest(root, GRID_FORMAT, "prepare grids with `pc3d prep grid`", "grid", ".npz")
 
 
-def write_grid_folder(dst: str | os.PathLike, sources: Sequence[GridSource], *, dataset: str,
+def write_grid_folder(dst: str | os.PathLike, sources: Sequence[FolderItem], *, dataset: str,
                       source: str | os.PathLike, params: dict[str, Any], force: bool = False) -> dict[str, Any]:
     """Write (or bring up to date) the prepared grid folder ``dst``: ``<name>.npz`` per grid (density
     ``alpha``), ``manifest.json`` and ``splits.json`` (every grid in ``train``), through
     :func:`pc3d.data.folders.write_prepared_folder` (idempotent, atomic, never touching files it did not write)."""
     setup = {"format": GRID_FORMAT, "dataset": dataset, "density": "alpha",
              "source": str(Path(os.path.abspath(source))), "params": params}
-    items = [FolderItem(item.name, item.inputs, item.convert) for item in sources]
-    return write_prepared_folder(dst, items, setup=setup, write=_write_entry,
+    return write_prepared_folder(dst, sources, setup=setup, write=_write_entry,
                                  outputs=lambda root, name, entry: [root / entry["file"]],
                                  location=lambda root, name: root / f"{name}.npz", read_manifest=read_grid_manifest,
                                  splits={"train": [s.name for s in sources], "val": []}, force=force)
@@ -232,6 +215,6 @@ def read_grid_folder(root: str | os.PathLike, split: str | None = None) -> dict[
             for name in split_names(root, scenes, split)}
 
 
-__all__ = ["DENSITY_CONVENTIONS", "GRID_FORMAT", "GridSource", "RadianceGrid", "density_to_alpha",
+__all__ = ["DENSITY_CONVENTIONS", "GRID_FORMAT", "RadianceGrid", "density_to_alpha",
            "read_grid_folder", "read_grid_manifest", "read_radiance_grid", "write_grid_folder",
            "write_radiance_grid"]

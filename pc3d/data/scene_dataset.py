@@ -49,10 +49,6 @@ class SceneViewDataset(SampleDataset):
         self.repeats, self.augment, self.seed = int(repeats), bool(augment), int(seed)
         self.elastic = tuple(tuple(float(v) for v in pair) for pair in elastic)
         self.input_features = tuple(input_features)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.scenes) * self.repeats

@@ -7,6 +7,10 @@ floor at a random yaw, never overlapping in bird's-eye view. Points are sampled 
 surfaces (``density`` points per m², then Gaussian noise of 5 mm); each object's box is its
 oriented extent, ``[cx, cy, cz, dx, dy, dz, yaw]`` (pc3d box contract). Scene ``i`` depends only
 on ``(seed, i)``.
+
+With ``colored=True`` every surface also gets a colour (a floor tone, a wall tone, one saturated
+colour per object, each point jittered by 2 %), drawn from a separate random stream so that the
+geometry, boxes and labels are those of the uncoloured room.
 """
 
 from __future__ import annotations
@@ -53,8 +57,27 @@ def _plane(rng: np.random.Generator, origin: np.ndarray, u: np.ndarray, v: np.nd
     return origin + a * u + b * v
 
 
-def generate_room(index: int, seed: int = 0, density: float = 400.0, max_objects: int = 8) -> DetectionScene:
-    """Room ``index`` of the generator seeded with ``seed``; ``points (N, 3)`` float32."""
+def _surface_colors(rng: np.random.Generator, part_sizes: list[int], objects_from: int) -> np.ndarray:
+    """``(N, 3)`` float32 colours in [0, 1]: part 0 the floor, parts ``1..objects_from-1`` the walls, then objects."""
+    floor = rng.uniform([0.35, 0.22, 0.10], [0.65, 0.45, 0.30])  # wood to grey-brown
+    wall = rng.uniform(0.7, 0.95) * (1.0 - rng.uniform(0.0, 0.15, 3))  # light, slightly tinted
+    colors = []
+    for part, size in enumerate(part_sizes):
+        if part == 0:
+            base = floor
+        elif part < objects_from:
+            base = wall
+        else:  # a saturated colour of random hue
+            hue, value = rng.uniform(0, 1), rng.uniform(0.5, 0.95)
+            base = value * (1.0 - 0.7 * np.clip(np.abs((hue * 6 - np.array([3.0, 2.0, 4.0])) % 6 - 3) - 1, 0, 1))
+        colors.append(base + rng.normal(0.0, 0.02, size=(size, 3)))
+    return np.clip(np.concatenate(colors), 0.0, 1.0).astype(np.float32)
+
+
+def generate_room(index: int, seed: int = 0, density: float = 400.0, max_objects: int = 8,
+                  colored: bool = False) -> DetectionScene:
+    """Room ``index`` of the generator seeded with ``seed``; ``points (N, 3)`` float32 (and ``colors (N, 3)``
+    in [0, 1] with ``colored``)."""
     if density <= 0 or max_objects < 3:
         raise ConfigError(f"density must be > 0 and max_objects >= 3, got {density}, {max_objects}")
     rng = np.random.default_rng([seed, index])
@@ -86,6 +109,9 @@ def generate_room(index: int, seed: int = 0, density: float = 400.0, max_objects
         placed.append((centre, radius))
     points = np.concatenate(parts)
     points = points + rng.normal(0.0, NOISE_SIGMA, size=points.shape)
+    colors = None
+    if colored:
+        colors = _surface_colors(np.random.default_rng([seed, index, 1]), [len(p) for p in parts], objects_from=5)
     return DetectionScene(name=f"room_{seed}_{index:05d}", points=points.astype(np.float32),
                           boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 7),
-                          labels=np.asarray(labels, dtype=np.int64), class_names=ROOM_CLASSES)
+                          labels=np.asarray(labels, dtype=np.int64), class_names=ROOM_CLASSES, colors=colors)

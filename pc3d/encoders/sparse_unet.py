@@ -54,7 +54,7 @@ once per forward.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -441,6 +441,12 @@ class SparseUNet(Encoder):
                    head_dim: int, drop_path_rate: float, attention_dropout: float, attention_dtype: str,
                    backend: str) -> None:
         stages = len(channels)
+
+        def attention_stack(width: int, count: int, rates: Iterator[float]) -> nn.ModuleList:
+            return nn.ModuleList(SlidingWindowAttentionBlock(width, width // head_dim, window_size, next(rates),
+                                                             attention_dropout, attention_dtype=attention_dtype)
+                                 for _ in range(count))
+
         self.stem = nn.Sequential(SparseLinear(self.in_channels, channels[0]), SparseRMSNorm(channels[0]))
         encoder_blocks = sum(blocks) + sum(encoder_attention.values())
         rates = iter(torch.linspace(0, drop_path_rate, max(encoder_blocks, 1)).tolist())
@@ -453,10 +459,7 @@ class SparseUNet(Encoder):
                     SparseConv3d(channels[i - 1], width, 2, "down", f"d{i}", backend, bias=True), SparseRMSNorm(width)))
             self.encoder.append(nn.Sequential(*[LayerScaleResidualBlock(width, f"s{i}", backend, next(rates))
                                                 for _ in range(blocks[i])]))
-            self.encoder_attention.append(nn.ModuleList(
-                SlidingWindowAttentionBlock(width, width // head_dim, window_size, next(rates), attention_dropout,
-                                            attention_dtype=attention_dtype)
-                for _ in range(encoder_attention.get(i, 0))))
+            self.encoder_attention.append(attention_stack(width, encoder_attention.get(i, 0), rates))
         self.decoder_norm = SparseRMSNorm(channels[-1])
         decoder_blocks = sum(dec_blocks) + sum(decoder_attention.values())
         rates = iter(torch.linspace(0, drop_path_rate, max(decoder_blocks, 1)).flip(0).tolist())
@@ -473,10 +476,7 @@ class SparseUNet(Encoder):
                 self.merge.append(SkipMerge(channels[i], width))
             self.decoder.append(nn.Sequential(*[LayerScaleResidualBlock(width, f"s{i}", backend, next(rates))
                                                 for _ in range(dec_blocks[j])]))
-            self.decoder_attention.append(nn.ModuleList(
-                SlidingWindowAttentionBlock(width, width // head_dim, window_size, next(rates), attention_dropout,
-                                            attention_dtype=attention_dtype)
-                for _ in range(decoder_attention.get(i, 0))))
+            self.decoder_attention.append(attention_stack(width, decoder_attention.get(i, 0), rates))
             previous = width
 
     runtime_args = ("backend",)

@@ -40,7 +40,7 @@ from pc3d.errors import CheckpointError, ConfigError
 from pc3d.eval.detection import SceneBoxes, SceneDetections, evaluate_detections
 from pc3d.eval.detection_head import CenterDetectionHead, Detector
 from pc3d.ops.boxes import box_corners, box_iou_3d, box_iou_3d_aligned
-from pc3d.utils.atomic import atomic_write
+from pc3d.utils.atomic import atomic_write_png
 from pc3d.utils.config import Setting, check_settings, to_plain
 from pc3d.utils.device import move_to
 
@@ -108,8 +108,7 @@ def write_bev_png(path: Path, scene: DetectionScene, detections: SceneDetections
             for corners in box_corners(torch.from_numpy(np.asarray(boxes, dtype=np.float64)))[:, :4, :2].numpy():
                 outline = pixel(corners)
                 draw.line(outline + outline[:1], fill=colour, width=2)
-    with atomic_write(path) as handle:
-        image.save(handle, format="PNG")
+    atomic_write_png(path, np.asarray(image))
 
 
 def _report_bev(out: Path, data: DetectionData, detections: list[SceneDetections], detect: dict[str, Any]) -> None:

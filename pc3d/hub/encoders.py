@@ -257,6 +257,23 @@ def load_encoder(path: str | os.PathLike, strict: bool = True, format: str = "au
     return encoder.eval(), dict(checkpoint.config)
 
 
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, format: str = "auto") -> nn.Module:
+    """Copy the encoder weights of a checkpoint (any format :func:`load_encoder` reads) into ``encoder``,
+    an encoder of the same class built from its own config (``pc3d pretrain init_encoder=RUN``).
+
+    Settings that carry no weights (a point-ViT's ``num_groups``) may differ from the checkpoint's.
+    Raises:
+        CheckpointError: unreadable file, another encoder class, or weights that do not fit, by name.
+    """
+    checkpoint = read_encoder_checkpoint(path, format)
+    stored = str(checkpoint.config["_target_"]).rsplit(".", 1)[-1]
+    if stored != type(encoder).__name__:
+        raise CheckpointError(f"{checkpoint.file}: holds a {stored} encoder, not the {type(encoder).__name__} "
+                              "being trained (encoder=...)")
+    return load_weights(encoder, checkpoint.weights, strict=True, source=str(checkpoint.file),
+                        target=checkpoint.config["_target_"], what="encoder weights", display=checkpoint.display)
+
+
 def encoder_or_random(checkpoint: str | os.PathLike, encoder_config: Mapping[str, Any] | None, *, seed: int,
                       config_overrides: Mapping[str, Any] | None = None
                       ) -> tuple[nn.Module, dict[str, Any], str]:

@@ -40,7 +40,6 @@ when its permutation comes out as the identity and ``att_drop_prob=0``).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,7 +47,8 @@ import torch
 from torch import nn
 
 from pc3d.errors import CheckpointError, ConfigError
-from pc3d.hub.weights import KeyTable, read_torch_file
+from pc3d.hub.weights import (KeyTable, count_blocks, input_features_of_width, prefixed_state,
+                              read_module_file)
 from pc3d.utils.atomic import atomic_write
 
 MSM_FORMAT = "msm"
@@ -61,7 +61,6 @@ MSM_ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
 DEFAULTS: dict[str, Any] = {"voxel_size": 0.02, "head_dim": 8, "window_size": 1024,
                             "attention_orders": list(MSM_ORDERS), "attention_dtype": "float16", "shuffle_orders": True,
                             "drop_path_rate": 0.2, "attention_dropout": 0.1}
-INPUT_FEATURES_BY_WIDTH = {6: ["color", "normal"], 3: ["color"]}
 
 _RESIDUAL = (("conv1.weight", "conv1.weight", None), ("conv2.weight", "conv2.weight", None),
              ("norm.norm.scale", "norm1.weight", None), ("skip_path.gamma", "layer_scale", "row"),
@@ -127,30 +126,7 @@ def _depths(config: Mapping[str, Any], stages_key: str, depth_key: str) -> dict[
 
 def msm_state(obj: Any) -> tuple[dict[str, torch.Tensor], str] | None:
     """The encoder's state dict (prefix removed) and its prefix in a loaded file; None if not MSM."""
-    if not isinstance(obj, Mapping):
-        return None
-    state = obj
-    for name in ("state_dict", "model"):
-        if isinstance(obj.get(name), Mapping):
-            state = obj[name]
-            break
-    for prefix in PREFIXES:
-        if f"{prefix}init_transform.0.weight" in state and f"{prefix}decoder_init_norm.norm.scale" in state:
-            encoder = {str(k)[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
-            if not all(isinstance(v, torch.Tensor) for v in encoder.values()):
-                return None
-            return encoder, prefix
-    return None
-
-
-def _count(state: Mapping[str, torch.Tensor], pattern: str) -> dict[int, int]:
-    """``{stage: number of blocks}`` of keys matching ``pattern`` (groups: stage, block)."""
-    found: dict[int, set[int]] = {}
-    for key in state:
-        match = re.fullmatch(pattern, key)
-        if match:
-            found.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
-    return {stage: len(ids) for stage, ids in found.items()}
+    return prefixed_state(obj, PREFIXES, ("init_transform.0.weight", "decoder_init_norm.norm.scale"))
 
 
 def _depth(depths: list[int]) -> int | list[int]:
@@ -163,17 +139,17 @@ def infer_msm_config(state: Mapping[str, torch.Tensor], source: str = "state dic
     """The :class:`~pc3d.encoders.SparseUNet` config node (``style="msm"``) of an original encoder state dict."""
     overrides = dict(overrides or {})
     stem = state["init_transform.0.weight"]
-    stages = 1 + len(_count(state, r"down\.(\d+)\.(0)\.weight"))
+    stages = 1 + len(count_blocks(state, r"down\.(\d+)\.(0)\.weight"))
     try:
         channels = [int(stem.shape[0])] + [int(state[f"down.{s}.0.weight"].shape[0]) for s in range(stages - 1)]
         dec_channels = [int(state["decoder_init_norm.norm.scale"].shape[0])] + \
                        [int(state[f"up.{j}.1.weight"].shape[0]) for j in range(stages - 1)]
     except KeyError as exc:
         raise CheckpointError(f"{source}: MSM encoder without {exc.args[0]} (stages 0..{stages - 1} expected)") from exc
-    residual = _count(state, r"resnet_enc\.(\d+)\.(\d+)\.conv1\.weight")
-    dec_residual = _count(state, r"resnet_dec\.(\d+)\.(\d+)\.conv1\.weight")
-    attention = _count(state, r"att_enc\.(\d+)\.(\d+)\.linear_in\.weight")
-    dec_attention = _count(state, r"att_dec\.(\d+)\.(\d+)\.linear_in\.weight")
+    residual = count_blocks(state, r"resnet_enc\.(\d+)\.(\d+)\.conv1\.weight")
+    dec_residual = count_blocks(state, r"resnet_dec\.(\d+)\.(\d+)\.conv1\.weight")
+    attention = count_blocks(state, r"att_enc\.(\d+)\.(\d+)\.linear_in\.weight")
+    dec_attention = count_blocks(state, r"att_dec\.(\d+)\.(\d+)\.linear_in\.weight")
     in_channels = int(stem.shape[1])
     config: dict[str, Any] = {
         "_target_": "pc3d.encoders.SparseUNet", "style": "msm", "in_channels": in_channels, "channels": channels,
@@ -185,20 +161,14 @@ def infer_msm_config(state: Mapping[str, torch.Tensor], source: str = "state dic
                                            for s in sorted(stages - 1 - j for j in dec_attention)]),
         **DEFAULTS}
     if "input_features" not in overrides:
-        if in_channels not in INPUT_FEATURES_BY_WIDTH:
-            raise CheckpointError(f"{source}: MSM encoder takes {in_channels} input channels; pass "
-                                  "config_overrides={'input_features': [...]} to say what they hold")
-        config["input_features"] = INPUT_FEATURES_BY_WIDTH[in_channels]
+        config["input_features"] = input_features_of_width(in_channels, f"{source}: MSM encoder")
     config.update(overrides)
     return config
 
 
 def read_msm_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
     """The encoder state dict of an original MSM file and the prefix it was stored under."""
-    found = msm_state(read_torch_file(path))
-    if found is None:
-        raise CheckpointError(f"{path}: {_NOT_MSM}")
-    return found
+    return read_module_file(path, msm_state, _NOT_MSM)
 
 
 def msm_encoder_weights(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -45,9 +45,8 @@ from torch import nn
 
 from pc3d.encoders.swin3d import SWIN3D_PRESETS, Swin3D, relative_position_index, sincos_position_embedding
 from pc3d.errors import CheckpointError, ConfigError
-from pc3d.hub.weights import build_encoder, load_weights, read_torch_file
+from pc3d.hub.weights import method_from_weights, read_torch_file
 from pc3d.utils.atomic import atomic_write
-from pc3d.utils.config import call_target
 
 NERF_MAE_FORMAT = "nerf-mae"
 
@@ -339,12 +338,10 @@ def import_nerf_mae_model(path: str | os.PathLike, strict: bool = True,
     encoder_config = infer_encoder_config(state, str(path), config_overrides)
     check_derived(state, encoder_config, str(path))
     method_config = infer_method_config(state, train_args, method_overrides)
-    model = call_target(method_config, "method", encoder=build_encoder(encoder_config))
     weights, unmapped = to_pc3d_state(state)
     weights.update({k: state[k] for k in unmapped})
-    load_weights(model, weights, strict=strict, source=str(path), target=method_config["_target_"],
-                 what="NeRF-MAE weights", display=model_display)
-    return model.eval()
+    return method_from_weights(method_config, encoder_config, weights, strict=strict, source=str(path),
+                               what="NeRF-MAE weights", display=model_display)
 
 
 # ------------------------------------------------------------------ writing

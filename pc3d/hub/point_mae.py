@@ -42,9 +42,8 @@ import torch
 from torch import nn
 
 from pc3d.errors import CheckpointError, ConfigError
-from pc3d.hub.weights import build_encoder, load_weights, read_torch_file
+from pc3d.hub.weights import build_encoder, load_weights, method_from_weights, read_torch_file
 from pc3d.utils.atomic import atomic_write
-from pc3d.utils.config import call_target
 
 POINT_MAE_FORMAT = "point-mae"
 
@@ -284,12 +283,10 @@ def import_point_mae_model(path: str | os.PathLike, strict: bool = True,
                               "import_point_mae_classifier, or load_encoder for its encoder")
     encoder_config = infer_encoder_config(state, str(path), config_overrides)
     method_config = infer_method_config(state, method_overrides)
-    model = call_target(method_config, "method", encoder=build_encoder(encoder_config))
     weights, unmapped = to_pc3d_state(state)
     weights.update({k: state[k] for k in unmapped})
-    load_weights(model, weights, strict=strict, source=str(path), target=method_config["_target_"],
-                 what="Point-MAE weights", display=model_display)
-    return model.eval()
+    return method_from_weights(method_config, encoder_config, weights, strict=strict, source=str(path),
+                               what="Point-MAE weights", display=model_display)
 
 
 def import_point_mae_classifier(path: str | os.PathLike, strict: bool = True,

@@ -33,7 +33,6 @@ trained with; from v1.6.0 it divides by 255: pass ``config_overrides={"input_fea
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,7 +40,8 @@ import torch
 from torch import nn
 
 from pc3d.errors import CheckpointError, ConfigError
-from pc3d.hub.weights import KeyTable, read_torch_file
+from pc3d.hub.weights import (KeyTable, count_blocks, input_features_of_width, prefixed_state,
+                              read_module_file)
 from pc3d.utils.atomic import atomic_write
 
 POINTCEPT_SPUNET_FORMAT = "pointcept-spunet"
@@ -50,7 +50,6 @@ PREFIXES = ("module.backbone.", "backbone.", "module.", "")
 EXPORT_PREFIX = "module.backbone."
 HEAD_PREFIX = "final."
 DEFAULTS: dict[str, Any] = {"voxel_size": 0.02}
-INPUT_FEATURES_BY_WIDTH = {6: ["color", "normal"], 3: ["color"]}
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _NOT_SPUNET = ("not a Pointcept SpUNet checkpoint (expected a 'state_dict' with the SpUNetBase keys conv_input.* "
                "and enc.0.block0.*, e.g. under module.backbone.)")
@@ -91,29 +90,7 @@ def pointcept_key_table(config: Mapping[str, Any]) -> KeyTable:
 
 def pointcept_state(obj: Any) -> tuple[dict[str, torch.Tensor], str] | None:
     """The backbone's state dict (prefix removed, head included) and its prefix in a loaded file; None if not SpUNet."""
-    if not isinstance(obj, Mapping):
-        return None
-    state = obj
-    for name in ("state_dict", "model"):
-        if isinstance(obj.get(name), Mapping):
-            state = obj[name]
-            break
-    for prefix in PREFIXES:
-        if f"{prefix}conv_input.0.weight" in state and f"{prefix}enc.0.block0.conv1.weight" in state:
-            backbone = {str(k)[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
-            if not all(isinstance(v, torch.Tensor) for v in backbone.values()):
-                return None
-            return backbone, prefix
-    return None
-
-
-def _count(state: Mapping[str, torch.Tensor], pattern: str) -> dict[int, int]:
-    found: dict[int, set[int]] = {}
-    for key in state:
-        match = re.fullmatch(pattern, key)
-        if match:
-            found.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
-    return {stage: len(ids) for stage, ids in found.items()}
+    return prefixed_state(obj, PREFIXES, ("conv_input.0.weight", "enc.0.block0.conv1.weight"))
 
 
 def infer_pointcept_config(state: Mapping[str, torch.Tensor], source: str = "state dict",
@@ -121,9 +98,9 @@ def infer_pointcept_config(state: Mapping[str, torch.Tensor], source: str = "sta
     """The :class:`~pc3d.encoders.SparseUNet` config node of a ``SpUNetBase`` state dict (see the module docstring)."""
     overrides = dict(overrides or {})
     stem = state["conv_input.0.weight"]
-    stages = len(_count(state, r"down\.(\d+)\.(0)\.weight"))
-    encoder_blocks = _count(state, r"enc\.(\d+)\.block(\d+)\.conv1\.weight")
-    decoder_blocks = _count(state, r"dec\.(\d+)\.block(\d+)\.conv1\.weight")
+    stages = len(count_blocks(state, r"down\.(\d+)\.(0)\.weight"))
+    encoder_blocks = count_blocks(state, r"enc\.(\d+)\.block(\d+)\.conv1\.weight")
+    decoder_blocks = count_blocks(state, r"dec\.(\d+)\.block(\d+)\.conv1\.weight")
     try:
         widths = [int(state[f"down.{s}.0.weight"].shape[0]) for s in range(stages)]
         dec_widths = [int(state[f"up.{s}.0.weight"].shape[0]) for s in range(stages)]
@@ -137,20 +114,14 @@ def infer_pointcept_config(state: Mapping[str, torch.Tensor], source: str = "sta
         "dec_channels": dec_widths[::-1], "dec_blocks": [decoder_blocks.get(s, 0) for s in range(stages)][::-1],
         "stem_kernel": int(stem.shape[1]), "attention_stages": [], **DEFAULTS}
     if "input_features" not in overrides:
-        if in_channels not in INPUT_FEATURES_BY_WIDTH:
-            raise CheckpointError(f"{source}: SpUNet backbone takes {in_channels} input channels; pass "
-                                  "config_overrides={'input_features': [...]} to say what they hold")
-        config["input_features"] = INPUT_FEATURES_BY_WIDTH[in_channels]
+        config["input_features"] = input_features_of_width(in_channels, f"{source}: SpUNet backbone")
     config.update(overrides)
     return config
 
 
 def read_pointcept_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
     """The backbone state dict of a Pointcept SpUNet file and the prefix it was stored under."""
-    found = pointcept_state(read_torch_file(path))
-    if found is None:
-        raise CheckpointError(f"{path}: {_NOT_SPUNET}")
-    return found
+    return read_module_file(path, pointcept_state, _NOT_SPUNET)
 
 
 def pointcept_encoder_weights(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -4,6 +4,8 @@ problem reported by name."""
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Callable, Mapping
 
 import torch
@@ -167,3 +169,72 @@ class KeyTable:
     def display(self, key: str) -> str:
         """A pc3d key as the original spells it (unknown keys as they are)."""
         return self.to_original_names.get(key, (key, None))[0]
+
+
+def prefixed_state(obj: Any, prefixes: tuple[str, ...], markers: tuple[str, ...]
+                   ) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The state dict of one module inside a loaded file, its prefix removed, and that prefix; None if absent.
+
+    ``obj`` is the file's object: a state dict, or a mapping holding one under ``state_dict`` or
+    ``model``. The module's keys are under the first of ``prefixes`` for which every one of
+    ``markers`` (key names without the prefix) is present; all its values must be tensors.
+    """
+    if not isinstance(obj, Mapping):
+        return None
+    state = obj
+    for name in ("state_dict", "model"):
+        if isinstance(obj.get(name), Mapping):
+            state = obj[name]
+            break
+    for prefix in prefixes:
+        if all(f"{prefix}{marker}" in state for marker in markers):
+            found = {str(k)[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
+            if not all(isinstance(v, torch.Tensor) for v in found.values()):
+                return None
+            return found, prefix
+    return None
+
+
+def count_blocks(state: Mapping[str, Any], pattern: str) -> dict[int, int]:
+    """``{stage: number of distinct blocks}`` of the keys of ``state`` that fully match ``pattern``
+    (two groups: the stage index, the block index)."""
+    found: dict[int, set[int]] = {}
+    for key in state:
+        match = re.fullmatch(pattern, key)
+        if match:
+            found.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    return {stage: len(ids) for stage, ids in found.items()}
+
+
+def method_from_weights(method_config: Mapping[str, Any], encoder_config: Mapping[str, Any],
+                        weights: Mapping[str, torch.Tensor], *, strict: bool, source: str, what: str,
+                        display: Callable[[str], str] | None = None) -> nn.Module:
+    """The pretraining method of ``method_config`` around a new encoder of ``encoder_config``, filled with
+    ``weights`` (pc3d key names; see :func:`load_weights`), in eval mode: how an original pretraining
+    checkpoint becomes a pc3d model."""
+    model = call_target(method_config, "method", encoder=build_encoder(encoder_config))
+    load_weights(model, weights, strict=strict, source=source, target=method_config["_target_"], what=what,
+                 display=display)
+    return model.eval()
+
+
+#: what the input channels of an original sparse UNet hold, by their number (MSM, Pointcept SpUNet)
+INPUT_FEATURES_BY_WIDTH = {6: ["color", "normal"], 3: ["color"]}
+
+
+def input_features_of_width(in_channels: int, what: str) -> list[str]:
+    """The ``input_features`` of an original sparse-UNet file's ``in_channels`` input channels; for another
+    width a CheckpointError: ``what`` (the file and the network) says which."""
+    if in_channels not in INPUT_FEATURES_BY_WIDTH:
+        raise CheckpointError(f"{what} takes {in_channels} input channels; pass "
+                              "config_overrides={'input_features': [...]} to say what they hold")
+    return list(INPUT_FEATURES_BY_WIDTH[in_channels])
+
+
+def read_module_file(path: str | os.PathLike, find: Callable[[Any], Any], refusal: str) -> Any:
+    """What ``find`` takes from the (weights-only) loaded file ``path``; where it finds nothing (None), a
+    CheckpointError ``path: refusal``."""
+    found = find(read_torch_file(path))
+    if found is None:
+        raise CheckpointError(f"{path}: {refusal}")
+    return found

@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,12 @@ PAD_RATIO = 0.8
 CHUNK_ELEMENTS = 1 << 20
 #: Degree-0 real spherical harmonic, 1 / (2 sqrt(pi)).
 SH_C0 = 0.28209479177387814
+
+
+def rgb_to_sh(colors: Any) -> Any:
+    """RGB ``(N, 3)`` (numpy or torch) → degree-0 SH coefficients ``(N, 1, 3)`` that render as that colour
+    (``colour = SH_C0 · sh + 0.5``, the 3DGS convention)."""
+    return ((colors - 0.5) / SH_C0)[:, None, :]
 
 _SH_C1 = 0.4886025119029199
 _SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,

@@ -26,6 +26,10 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     with main_process_first():
         data = call_target(cfg.data, "data")
     encoder = call_target(cfg.encoder, "encoder")
+    if cfg.get("init_encoder"):  # e.g. Gaussian2Scene stage 2 from a stage-1 run
+        from pc3d.hub import load_encoder_weights  # the hub reads training checkpoints: imported when used
+
+        load_encoder_weights(encoder, str(cfg.init_encoder))
     model = call_target(cfg.method, "method", encoder=encoder)
     if not isinstance(model, PretrainingMethod):
         raise ConfigError(f"method._target_ builds {type(model).__name__}, not a pc3d pretraining method")

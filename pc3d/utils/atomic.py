@@ -121,6 +121,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
         handle.write("\n")
 
 
+def atomic_write_png(path: str | os.PathLike, image: Any) -> None:
+    """Write ``image`` (``(H, W, 3)`` uint8, or float in [0, 1], clipped; numpy or torch) as a PNG atomically."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+    if pixels.dtype != np.uint8:
+        pixels = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    with atomic_write(path) as handle:
+        Image.fromarray(pixels).save(handle, format="PNG")
+
+
 @contextlib.contextmanager
 def atomic_replace_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces ``path`` as a whole.
