@@ -147,6 +147,19 @@ def _batch(dataset, indices):
     return dataset.collate([dataset[i] for i in indices])
 
 
+def _fit(model, batch, steps, lr):
+    """``steps`` Adam steps on one batch; the loss terms of every step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        out = model(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        history.append({k: float(v.detach()) for k, v in out.items()})
+    return history
+
+
 @pytest.mark.parametrize("kind", ["voxels", "points"])
 def test_gaussian2scene_gradients_reach_the_encoder(rooms, kind):
     torch.manual_seed(0)
@@ -175,14 +188,7 @@ def test_gaussian2scene_loss_falls_on_the_rooms(rooms):
     model = Gaussian2Scene(encoder)
     data = EncoderInputDataset(ViewedSceneDataset(rooms, 2048, 1024, 2, augment=False, seed=0), encoder.spec)
     batch = _batch(data, [0, 1])
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    history = []
-    for _ in range(40):
-        out = model(batch)
-        optimizer.zero_grad()
-        out["loss"].backward()
-        optimizer.step()
-        history.append({k: float(v) for k, v in out.items()})
+    history = _fit(model, batch, steps=40, lr=3e-3)
     first, last = history[0], history[-1]
     assert last["loss"] < 0.7 * first["loss"], (first, last)
     assert last["image_l1"] < 0.8 * first["image_l1"] and last["center_chamfer"] < first["center_chamfer"]
@@ -204,12 +210,7 @@ def test_predicted_gaussians_render_like_the_images_they_learned(rooms):
         return float((rendered.rgb - batch["images"][0]).abs().mean())
 
     before = error()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        loss = model(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _fit(model, batch, steps=40, lr=3e-3)
     assert error() < 0.75 * before
 
 
@@ -353,14 +354,7 @@ def test_stage1_image_branch_carries_the_views(rooms):
 def test_stage1_losses_fall_on_the_rooms(rooms):
     model, batch = _stage1(rooms, augment=False)
     batch["sample_seed"] = torch.tensor([1, 2])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    history = []
-    for _ in range(40):
-        out = model(batch)
-        optimizer.zero_grad()
-        out["loss"].backward()
-        optimizer.step()
-        history.append({k: float(v) for k, v in out.items()})
+    history = _fit(model, batch, steps=40, lr=1e-3)
     first, last = history[0], history[-1]
     assert last["point_chamfer"] < 0.7 * first["point_chamfer"], (first, last)
     assert last["image_mse"] < 0.7 * first["image_mse"], (first, last)
