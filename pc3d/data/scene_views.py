@@ -219,13 +219,7 @@ class ViewedSceneData:
     seed: int = 0
 
     def pretrain_dataset(self, augment: bool = True) -> ViewedSceneDataset:
-        return self.dataset("train", augment=augment)
-
-    def dataset(self, split: str, augment: bool) -> ViewedSceneDataset:
-        scenes = {"train": self.train, "val": self.val}.get(split)
-        if scenes is None:
-            raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
-        return ViewedSceneDataset(scenes, self.num_points, self.num_centers, self.views_per_sample,
+        return ViewedSceneDataset(self.train, self.num_points, self.num_centers, self.views_per_sample,
                                   augment=augment, seed=self.seed)
 
 

@@ -111,7 +111,8 @@ def generate_room(index: int, seed: int = 0, density: float = 400.0, max_objects
     points = points + rng.normal(0.0, NOISE_SIGMA, size=points.shape)
     colors = None
     if colored:
-        colors = _surface_colors(np.random.default_rng([seed, index, 1]), [len(p) for p in parts], objects_from=5)
+        colors = _surface_colors(np.random.default_rng([seed, index, 1]), [len(p) for p in parts],
+                                 objects_from=len(parts) - len(boxes))
     return DetectionScene(name=f"room_{seed}_{index:05d}", points=points.astype(np.float32),
                           boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 7),
                           labels=np.asarray(labels, dtype=np.int64), class_names=ROOM_CLASSES, colors=colors)

@@ -45,7 +45,8 @@ from pc3d.hub.point_mae import (NOT_POINT_MAE, POINT_MAE_FORMAT, encoder_display
                                 point_mae_state)
 from pc3d.hub.pointcept import (_NOT_SPUNET, POINTCEPT_SPUNET_FORMAT, infer_pointcept_config, pointcept_display,
                                 pointcept_encoder_weights, pointcept_state)
-from pc3d.hub.weights import architecture_config, build_encoder, check_stored_target, load_weights, read_torch_file
+from pc3d.hub.weights import (architecture_config, build_encoder, check_stored_target, encoder_class, load_weights,
+                              read_torch_file)
 from pc3d.train.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint
 
 ENCODER_PREFIX = "encoder."
@@ -266,9 +267,10 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, format: st
         CheckpointError: unreadable file, another encoder class, or weights that do not fit, by name.
     """
     checkpoint = read_encoder_checkpoint(path, format)
-    stored = str(checkpoint.config["_target_"]).rsplit(".", 1)[-1]
-    if stored != type(encoder).__name__:
-        raise CheckpointError(f"{checkpoint.file}: holds a {stored} encoder, not the {type(encoder).__name__} "
+    stored = encoder_class(checkpoint.config)
+    if stored is not type(encoder):
+        name = stored.__name__ if stored is not None else checkpoint.config["_target_"]
+        raise CheckpointError(f"{checkpoint.file}: holds a {name} encoder, not the {type(encoder).__name__} "
                               "being trained (encoder=...)")
     return load_weights(encoder, checkpoint.weights, strict=True, source=str(checkpoint.file),
                         target=checkpoint.config["_target_"], what="encoder weights", display=checkpoint.display)

@@ -208,7 +208,7 @@ class PointImageMAE(PretrainingMethod):
         if not isinstance(encoder, PointViT):
             raise ConfigError(f"Gaussian2Scene stage 1 pretrains a point-patch ViT (encoder=point_vit), got "
                               f"{type(encoder).__name__}")
-        self.encoder = self.check_encoder(encoder)
+        self.encoder = encoder
         masked = int(mask_ratio * encoder.num_groups)
         if not 0 < masked < encoder.num_groups:
             raise ConfigError(f"method.mask_ratio={mask_ratio} masks {masked} of the {encoder.num_groups} patches; "

@@ -89,17 +89,17 @@ CHUNK_ELEMENTS = 1 << 20
 #: Degree-0 real spherical harmonic, 1 / (2 sqrt(pi)).
 SH_C0 = 0.28209479177387814
 
-
-def rgb_to_sh(colors: Any) -> Any:
-    """RGB ``(N, 3)`` (numpy or torch) → degree-0 SH coefficients ``(N, 1, 3)`` that render as that colour
-    (``colour = SH_C0 · sh + 0.5``, the 3DGS convention)."""
-    return ((colors - 0.5) / SH_C0)[:, None, :]
-
 _SH_C1 = 0.4886025119029199
 _SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
           0.5462742152960396)
 _SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
           -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+
+
+def rgb_to_sh(colors: Any) -> Any:
+    """RGB ``(N, 3)`` (numpy or torch) → degree-0 SH coefficients ``(N, 1, 3)`` that render as that colour
+    (``colour = SH_C0 · sh + 0.5``, the 3DGS convention)."""
+    return ((colors - 0.5) / SH_C0)[:, None, :]
 
 
 @dataclass
