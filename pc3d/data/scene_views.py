@@ -20,6 +20,20 @@ The embedded default (``data=room_views``, no download) is the synthetic rooms o
 * **Views** (:func:`render_views`): :func:`~pc3d.ops.rasterize.rasterize_gaussians` on a black
   background (rooms have no ceiling; it shows as black).
 
+Scanned scenes (``data=scan_views``, :func:`scan_views_data`) keep their real photographs:
+
+* **Points**: the scan (ScanNet ``<scene>_vert_all.npy``, SUN RGB-D ``lidar/<id>.npz``), in the frame
+  of the posed frames (ScanNet's axis-aligned scan, SUN RGB-D's upright depth frame).
+* **Views** (:func:`posed_views`): every posed image of the scene, resized to ``width x height`` with
+  an antialiased bilinear filter; ``Ks`` scaled per axis by the size ratio (exact in corner-origin
+  pixel coordinates, so two captures of different sizes and aspect share one tensor shape).
+* **Gaussians**: a prepared folder (``pc3d prep gaussians``, matched by scene name) when given, else
+  :func:`gaussians_from_points` of the scan, 3DGS's initialisation. With one to three frames per scene
+  a photometric fit is under-constrained, so the default keeps the scan's own geometry.
+* **Depth**: rendered from those Gaussians into every view, so a point's visibility (stage 1's
+  patch-to-view assignment) agrees with the points the encoder sees; the photographs themselves are
+  never replaced.
+
 :class:`ViewedSceneDataset` draws per sample (from ``(seed, epoch, index)``) ``num_points`` points,
 ``num_centers`` Gaussian centres and ``views_per_sample`` of the scene's views; with ``augment`` a
 similarity ``x -> s Q x`` (yaw over the full circle, an x mirror with p = 0.5, scale in
@@ -32,13 +46,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from pc3d.data.base import SampleDataset
-from pc3d.data.gaussians import GaussianCloud
+from pc3d.data.cameras import PosedImages, read_scannet_infos, read_sunrgbd
+from pc3d.data.detection_scenes import read_scannet_scene, read_sunrgbd_frame
+from pc3d.data.gaussians import GaussianCloud, read_gaussian_folder
 from pc3d.data.synthetic_rooms import generate_room
 from pc3d.data.transforms import random_subsample
 from pc3d.errors import ConfigError, DataFormatError
@@ -46,7 +63,8 @@ from pc3d.ops.neighbors import knn
 from pc3d.ops.rasterize import rasterize_gaussians, rgb_to_sh
 
 __all__ = ["SceneViews", "ViewedScene", "ViewedSceneData", "ViewedSceneDataset", "gaussians_from_points",
-           "look_at", "render_views", "room_cameras", "room_views", "room_views_data", "moved_cameras"]
+           "look_at", "moved_cameras", "posed_views", "render_views", "room_cameras", "room_views", "room_views_data",
+           "scan_views_data", "scanned_scene"]
 
 
 @dataclass
@@ -97,7 +115,8 @@ def gaussians_from_points(points: np.ndarray, colors: np.ndarray, scale_factor: 
     if not scale_factor > 0 or not 0 < opacity < 1:
         raise ConfigError(f"scale_factor must be > 0 and opacity in (0, 1), got {scale_factor}, {opacity}")
     tensor = torch.from_numpy(points)[None]
-    dist2, _ = knn(tensor, tensor, min(4, len(points)))
+    # a whole scan is ~10^5 points: the KD-tree is ~70x faster than brute force there, and exact like it
+    dist2, _ = knn(tensor, tensor, min(4, len(points)), backend="scipy")
     spacing = dist2[0, :, 1:].mean(dim=-1).sqrt().clamp_min(1e-6).numpy()
     count = len(points)
     return GaussianCloud(
@@ -254,3 +273,103 @@ def room_views_data(train_scenes: int = 16, val_scenes: int = 4, num_points: int
               for i in range(train_scenes + val_scenes)]
     return ViewedSceneData(scenes[:train_scenes], scenes[train_scenes:], num_points, num_centers, views_per_sample,
                            seed)
+
+
+def posed_views(posed: PosedImages, gaussians: GaussianCloud, width: int, height: int) -> SceneViews:
+    """Every image of ``posed`` resized to ``width x height`` (see the module docstring), with the depth of
+    ``gaussians`` rendered into each view: :class:`SceneViews`.
+
+    Raises:
+        DataFormatError: a camera has lens distortion (the rasterizer is a pinhole camera) or no image.
+    """
+    images, viewmats, Ks = [], [], []
+    for i, camera in enumerate(posed.cameras):
+        if camera.distortion is not None and np.any(camera.distortion != 0):
+            raise DataFormatError(f"{camera.image_path or camera.name}: the camera has lens distortion "
+                                  f"{camera.distortion.tolist()} (expected undistorted pinhole images)")
+        image = torch.from_numpy(posed.image(i)).permute(2, 0, 1)[None]
+        resized = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True,
+                                                  align_corners=False)
+        images.append(resized[0].permute(1, 2, 0).clamp(0, 1).numpy())
+        K = camera.intrinsics.copy()
+        K[0] *= width / camera.width
+        K[1] *= height / camera.height
+        Ks.append(K)
+        viewmats.append(camera.world_to_camera())
+    viewmats, Ks = np.stack(viewmats).astype(np.float32), np.stack(Ks).astype(np.float32)
+    rendered = render_views(gaussians, viewmats, Ks, width, height)
+    return SceneViews(np.stack(images).astype(np.float32), rendered.depth, viewmats, Ks)
+
+
+def scanned_scene(name: str, points: np.ndarray, colors: np.ndarray, posed: PosedImages, width: int, height: int,
+                  gaussians: GaussianCloud | None = None, scale_factor: float = 1.0) -> ViewedScene:
+    """A scan ``points (N, 3)``, ``colors (N, 3)`` in [0, 1] with its posed photographs ``posed`` (same world
+    frame) as a :class:`ViewedScene`; ``gaussians`` default to :func:`gaussians_from_points` of the scan."""
+    if gaussians is None:
+        gaussians = gaussians_from_points(points, colors, scale_factor=scale_factor)
+    return ViewedScene(name, np.asarray(points, np.float32), np.asarray(colors, np.float32), gaussians,
+                       posed_views(posed, gaussians, width, height))
+
+
+def _scene_names(value: Sequence[str] | str | None, key: str) -> list[str]:
+    names = [] if value is None else [value] if isinstance(value, str) else [str(v) for v in value]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.{key}={names}: a scene is named twice")
+    return names
+
+
+def scan_views_data(scannet_root: str | None = None, scannet_scenes: Sequence[str] | None = ("scene0000_00",),
+                    sunrgbd_root: str | None = None, sunrgbd_frames: Sequence[str] | None = ("000001", "000002"),
+                    gaussians: str | None = None, width: int = 80, height: int = 60, num_points: int = 8192,
+                    num_centers: int = 4096, views_per_sample: int = 1, scale_factor: float = 1.0,
+                    seed: int = 0) -> ViewedSceneData:
+    """Scanned scenes with their real posed photographs (see the module docstring), every scene for training.
+
+    Args:
+        scannet_root: a folder with ``<scene>_vert_all.npy`` (+ ``_bbox.npy``) and ``posed_images/`` with one
+            ``*infos*.pkl`` (the mmdetection3d layout); ``scannet_scenes`` the scenes to take from it.
+        sunrgbd_root: a folder with ``lidar/``, ``label/``, ``calib/``, ``image/``; ``sunrgbd_frames`` its frames
+            (each one view, its own world).
+        gaussians: a ``pc3d prep gaussians`` folder holding a scene of every name, or ``None`` (the scans').
+    """
+    if scannet_root is None and sunrgbd_root is None:
+        raise ConfigError("data=scan_views: expected data.scannet_root and/or data.sunrgbd_root")
+    if width < 8 or height < 8:
+        raise ConfigError(f"data.width/height must be >= 8, got {width}x{height}")
+    if num_points < 1 or num_centers < 1 or views_per_sample < 1 or not scale_factor > 0:
+        raise ConfigError(f"data.num_points, num_centers and views_per_sample must be >= 1 and scale_factor > 0, "
+                          f"got {num_points}, {num_centers}, {views_per_sample}, {scale_factor}")
+    sources: list[tuple[str, np.ndarray, np.ndarray, PosedImages]] = []
+    for key, root in (("scannet_root", scannet_root), ("sunrgbd_root", sunrgbd_root)):
+        if root is not None and not Path(root).is_dir():
+            raise DataFormatError(f"data.{key}={root}: directory not found")
+    if scannet_root is not None:
+        for scene in _scene_names(scannet_scenes, "scannet_scenes"):
+            scan = read_scannet_scene(Path(scannet_root) / scene)
+            sources.append((scene, scan.points, _scan_colors(scan.colors, scene), read_scannet_infos(scannet_root,
+                                                                                                  scene=scene)))
+    if sunrgbd_root is not None:
+        for frame in _scene_names(sunrgbd_frames, "sunrgbd_frames"):
+            scan = read_sunrgbd_frame(sunrgbd_root, frame)
+            sources.append((frame, scan.points, _scan_colors(scan.colors, frame), read_sunrgbd(sunrgbd_root, [frame])))
+    if not sources:
+        raise ConfigError("data=scan_views: no scenes (data.scannet_scenes and data.sunrgbd_frames are empty)")
+    fewest = min(len(posed) for *_, posed in sources)
+    if views_per_sample > fewest:
+        raise ConfigError(f"data.views_per_sample={views_per_sample}: expected 1..{fewest} (the fewest posed "
+                          "images a scene has)")
+    fitted: dict[str, GaussianCloud] = {}
+    if gaussians is not None:
+        fitted = read_gaussian_folder(gaussians)
+        missing = [name for name, *_ in sources if name not in fitted]
+        if missing:
+            raise DataFormatError(f"data.gaussians={gaussians}: no scene {missing} (it holds {sorted(fitted)[:10]})")
+    scenes = [scanned_scene(name, points, colors, posed, width, height, fitted.get(name), scale_factor)
+              for name, points, colors, posed in sources]
+    return ViewedSceneData(scenes, [], num_points, num_centers, views_per_sample, seed)
+
+
+def _scan_colors(colors: np.ndarray | None, name: str) -> np.ndarray:
+    if colors is None:
+        raise DataFormatError(f"scene {name}: the scan has no colours (expected xyz + rgb points)")
+    return colors
