@@ -6,6 +6,7 @@ Commands:
     finetune   fine-tune encoder + Point-MAE head, optional voting (configs/finetune.yaml)
     fewshot    N-way K-shot classification over seeded folds (configs/fewshot.yaml)
     detect train|eval   3D detection head + mAP@0.25/0.5 (configs/detect.yaml)
+    viz features        pictures of what an encoder learned: PCA of its features over a scene (configs/viz.yaml)
     export     a checkpoint's encoder as one .safetensors file (configs/export.yaml)
     prep NAME  dataset preparation, e.g. pc3d prep modelnet src=DIR dst=DIR (configs/prep/NAME.yaml)
 
@@ -37,7 +38,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fewshot": ("fewshot", "pc3d.eval.fewshot:run_fewshot"),
     "export": ("export", "pc3d.hub.export:run_export"),
 }
-DETECT_MODES = ("train", "eval")
+#: commands whose first word is a mode → (their modes, the "module:function" called with ``(mode, cfg)``)
+MODE_COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "detect": (("train", "eval"), "pc3d.eval.detect:run_detect"),
+    "viz": (("features",), "pc3d.eval.viz:run_viz"),
+}
 
 
 def config_dir() -> Path:
@@ -102,7 +107,8 @@ def command_help(command: str, overrides: Sequence[str]) -> str:
                if not g.startswith("hydra/")}
     with open_dict(cfg):
         del cfg["hydra"]
-    usage = " ".join(["pc3d", command, *(lead or (["train|eval"] if command == "detect" else [])),
+    modes = ["|".join(MODE_COMMANDS[command][0])] if command in MODE_COMMANDS else []
+    usage = " ".join(["pc3d", command, *(lead or modes),
                       *(["[group=option ...]"] if choices else []), "[key=value ...]"])
     lines = [summary(), "", f"usage: {usage}", ""]
     if choices:
@@ -140,7 +146,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _command_config(command: str, args: Sequence[str], mode_optional: bool = False) -> tuple[str, list[str], list[str]]:
     """``(config name, leading words, overrides)`` of a command line, the one check of its shape: prep's
-    dataset and detect's mode come before the overrides (``mode_optional``: detect's help may omit it)."""
+    dataset and a mode command's mode come before the overrides (``mode_optional``: its help may omit it)."""
     if command == "prep":
         names = prep_names()
         if not args or "=" in args[0]:
@@ -148,25 +154,26 @@ def _command_config(command: str, args: Sequence[str], mode_optional: bool = Fal
         if args[0] not in names:
             raise ConfigError(f"unknown dataset for prep: {args[0]!r} (available: {', '.join(names)})")
         return f"prep/{args[0]}", [args[0]], list(args[1:])
-    if command == "detect":
+    if command in MODE_COMMANDS:
+        modes = MODE_COMMANDS[command][0]
         if mode_optional and (not args or "=" in args[0]):
-            return "detect", [], list(args)
-        if not args or args[0] not in DETECT_MODES:
-            raise ConfigError("usage: pc3d detect train|eval key=value ...")
-        return "detect", [args[0]], list(args[1:])
+            return command, [], list(args)
+        if not args or args[0] not in modes:
+            raise ConfigError(f"usage: pc3d {command} {'|'.join(modes)} key=value ...")
+        return command, [args[0]], list(args[1:])
     if command in COMMANDS:
         return COMMANDS[command][0], [], list(args)
-    raise ConfigError(f"unknown command {command!r} (commands: {', '.join([*COMMANDS, 'detect', 'prep'])})")
+    raise ConfigError(f"unknown command {command!r} (commands: {', '.join([*COMMANDS, *MODE_COMMANDS, 'prep'])})")
 
 
 def _dispatch(command: str, args: list[str]) -> None:
     name, lead, overrides = _command_config(command, args)
     if command == "prep":
         _run("@run", compose(name, overrides))
-    elif command == "detect":
-        from pc3d.eval.detect import run_detect
+    elif command in MODE_COMMANDS:
+        from hydra.utils import get_object
 
-        run_detect(lead[0], compose(name, overrides))
+        get_object(MODE_COMMANDS[command][1].replace(":", "."))(lead[0], compose(name, overrides))
     else:
         _run(COMMANDS[command][1], compose(name, overrides))
 

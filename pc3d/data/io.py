@@ -66,6 +66,7 @@ __all__ = [
     "read_npz",
     "read_txt",
     "sample_mesh_surface",
+    "write_point_ply",
 ]
 
 
@@ -600,6 +601,28 @@ def read_ply(path: PathLike, *, num_surface_points: int = 8192, seed: int = 0) -
     if all(n in names for n in ("nx", "ny", "nz")):
         normals = np.stack([np.asarray(vdata[n]) for n in ("nx", "ny", "nz")], axis=1)
     return _finish(path, xyz, colors, normals)
+
+
+def write_point_ply(path: PathLike, points: np.ndarray, colors: np.ndarray) -> None:
+    """Write ``points (N, 3)`` with ``colors (N, 3)`` in [0, 1] as a binary PLY (float ``x y z``, uchar
+    ``red green blue``: what point-cloud viewers open and :func:`read_ply` reads), atomically."""
+    import plyfile
+
+    from pc3d.utils.atomic import atomic_write
+
+    points, colors = np.asarray(points, dtype=np.float32), np.asarray(colors, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or colors.shape != points.shape:
+        raise ValueError(f"write_point_ply: expected points (N, 3) and colors of the same shape, got "
+                         f"{points.shape} and {colors.shape}")
+    vertex = np.empty(len(points), dtype=[(n, "<f4") for n in "xyz"] + [(n, "u1") for n in ("red", "green", "blue")])
+    for i, name in enumerate("xyz"):
+        vertex[name] = points[:, i]
+    rgb = np.round(np.clip(np.nan_to_num(colors), 0.0, 1.0) * 255.0).astype(np.uint8)
+    for i, name in enumerate(("red", "green", "blue")):
+        vertex[name] = rgb[:, i]
+    ply = plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex")], text=False, byte_order="<")
+    with atomic_write(path, "wb") as handle:
+        ply.write(handle)
 
 
 # --------------------------------------------------------------------------------------

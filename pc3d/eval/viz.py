@@ -1,0 +1,168 @@
+"""Pictures of what an encoder learned (``pc3d viz``), headless: PNG files, and a coloured PLY for any
+point-cloud viewer.
+
+``pc3d viz features checkpoint=RUN|random scene=FILE``, the picture MSM's authors show:
+
+* **Features at the points** (:func:`features_at_points`): every point of the scene gets the feature of
+  one encoder level at its position: trilinear between the occupied cell centres of a voxel or grid
+  level (the scene probe's :func:`~pc3d.eval.scene_probe.sample_level`), the nearest token of a
+  point-token level (a point-ViT's patch centres).
+* **PCA to RGB** (:func:`pca_colors`): the first three principal directions of the features, from a
+  seeded sample of at most ``sample_rows`` points, each projection stretched between its 1st and 99th
+  percentile to [0, 1] (robust: a few outlying points do not grey out the rest) with the sign fixed so
+  the largest loading is positive (the same features give the same colours every run).
+* **Pictures** (:func:`render_points`): the coloured points drawn with the one rasterizer, each point an
+  isotropic Gaussian as wide as its spacing (:func:`~pc3d.data.scene_views.gaussians_from_points`),
+  from ``views`` cameras around and above the scene (:func:`orbit_cameras`), on a black background.
+
+Writes ``features_view<k>.png`` (the scene's own colours beside the feature colours), ``features.ply``
+(the points in feature colours), ``config.yaml`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pc3d.data.io import read_points, write_point_ply
+from pc3d.data.scene_views import gaussians_from_points, look_at, render_views
+from pc3d.data.transforms import random_subsample
+from pc3d.encoders.base import Encoder, FeatureLevel
+from pc3d.encoders.inputs import encoder_input
+from pc3d.errors import ConfigError
+from pc3d.eval.scene_probe import sample_level
+from pc3d.ops.neighbors import knn
+from pc3d.utils.config import Setting, check_settings
+from pc3d.utils.device import move_to
+
+VIZ_SETTINGS = {"level": Setting(int), "num_points": Setting(int, 1, optional=True), "views": Setting(int, 1, 16),
+                "width": Setting(int, 16, 4096), "height": Setting(int, 16, 4096), "fov": Setting(float, 10.0, 150.0),
+                "elevation": Setting(float, 0.0, 89.0), "point_size": Setting(float, 0.0, open_low=True),
+                "sample_rows": Setting(int, 3)}
+
+
+def features_at_points(level: FeatureLevel, points: Tensor, voxel_size: float | None = None) -> Tensor:
+    """``(N, C)`` features of one level of a single-sample output at ``points (N, 3)`` (input frame)."""
+    if level.features.shape[0] != 1:
+        raise ValueError(f"features_at_points: expected one sample, got a batch of {level.features.shape[0]}")
+    if level.stride > 0:
+        batch = torch.zeros(len(points), dtype=torch.int64, device=points.device)
+        return sample_level(level, points, batch, "trilinear", voxel_size)
+    features, coords, _ = level.flatten()
+    _, nearest = knn(points[None].to(coords), coords[None], 1)
+    return features[nearest[0, :, 0]]
+
+
+def pca_colors(features: Tensor, sample_rows: int = 20000, seed: int = 0) -> np.ndarray:
+    """``(N, 3)`` float32 RGB in [0, 1] from ``features (N, C)`` (see the module docstring); a component
+    the features do not vary along is 0.5."""
+    x = features.detach().to(torch.float64).cpu()
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(x), generator=generator)[:sample_rows]
+    mean = x[rows].mean(dim=0)
+    _, _, vh = torch.linalg.svd(x[rows] - mean, full_matrices=False)
+    directions = vh[:3]
+    flip = torch.sign(directions.gather(1, directions.abs().argmax(dim=1, keepdim=True)))
+    projected = (x - mean) @ (directions * flip).T
+    low = torch.quantile(projected[rows], 0.01, dim=0)
+    high = torch.quantile(projected[rows], 0.99, dim=0)
+    span = high - low
+    rgb = torch.full((len(x), 3), 0.5, dtype=torch.float64)
+    varies = span > 1e-12 * max(1.0, float(projected.abs().max()))
+    width = directions.shape[0]
+    rgb[:, :width][:, varies] = ((projected[:, varies] - low[varies]) / span[varies]).clamp(0.0, 1.0)
+    return rgb.numpy().astype(np.float32)
+
+
+def orbit_cameras(points: np.ndarray, count: int, width: int, height: int, fov: float = 60.0,
+                  elevation: float = 45.0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` cameras around ``points (N, 3)``, ``elevation`` degrees above the horizon (z up), at azimuths
+    ``45 + 360 k / count`` degrees, far enough that the sphere around the box centre holding every point fits
+    the frame: ``viewmats (V, 4, 4)``
+    world-to-camera, ``Ks (V, 3, 3)`` (horizontal field of view ``fov`` degrees)."""
+    center = (points.min(axis=0) + points.max(axis=0)) / 2
+    radius = max(float(np.linalg.norm(points - center, axis=1).max()), 1e-6)
+    half = math.radians(fov) / 2
+    narrowest = min(half, math.atan(math.tan(half) * height / width))
+    distance = radius / math.sin(narrowest)
+    focal = 0.5 * width / math.tan(half)
+    K = np.array([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
+    up = math.radians(elevation)
+    viewmats = []
+    for k in range(count):
+        azimuth = math.radians(45.0 + 360.0 * k / count)
+        direction = np.array([math.cos(up) * math.cos(azimuth), math.cos(up) * math.sin(azimuth), math.sin(up)])
+        viewmats.append(look_at(center + distance * direction, center))
+    return np.stack(viewmats).astype(np.float32), np.tile(K, (count, 1, 1)).astype(np.float32)
+
+
+def render_points(points: np.ndarray, colors: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, width: int,
+                  height: int, point_size: float = 1.0) -> np.ndarray:
+    """``(V, H, W, 3)`` float32 pictures of ``points (N, 3)`` in ``colors (N, 3)``: each point a Gaussian of
+    ``point_size`` times its mean distance to 3 neighbours, through the rasterizer, black background."""
+    cloud = gaussians_from_points(points, colors, scale_factor=point_size, opacity=0.99)
+    return render_views(cloud, viewmats, Ks, width, height).images
+
+
+@torch.no_grad()
+def encoder_point_features(encoder: Encoder, sample: dict[str, Tensor], points: Tensor, level: int,
+                           device: torch.device | str = "cpu") -> Tensor:
+    """``(N, C)`` features of ``encoder`` level ``level`` (negative: from the end) at ``points (N, 3)``, the
+    encoder run on ``sample`` (``points``, optional ``colors`` / ``normals``)."""
+    count = len(encoder.spec.level_channels)
+    if not -count <= level < count:
+        raise ConfigError(f"level={level}: the encoder has {count} levels (0..{count - 1}, or -1 for the last)")
+    output = encoder.to(device).eval()(move_to(encoder_input(encoder.spec, [sample]), device))
+    return features_at_points(output.levels[level], points.to(device), encoder.spec.voxel_size or None).cpu()
+
+
+def run_viz(mode: str, cfg) -> dict[str, Any]:
+    """``pc3d viz features``: see the module docstring. Every value is checked before the first write."""
+    from pc3d.train.run import (check_run, check_run_settings, check_sample, downstream_encoder, finish_run,
+                                report, resolve_device, start_run)
+    from pc3d.utils.atomic import atomic_write_png
+
+    if mode != "features":
+        raise ConfigError(f"usage: pc3d viz features key=value ... (got {mode!r})")
+    check_run_settings(cfg)
+    settings = check_settings("viz", cfg.viz, VIZ_SETTINGS)
+    cloud = read_points(Path(str(cfg.scene)))
+    rng = np.random.default_rng(int(cfg.seed))
+    table = np.concatenate([cloud.points, *(a for a in (cloud.colors, cloud.normals) if a is not None)], axis=1)
+    if settings["num_points"] is not None:
+        table = random_subsample(table, settings["num_points"], rng)
+    points = np.ascontiguousarray(table[:, :3], dtype=np.float32)
+    colors = None if cloud.colors is None else np.ascontiguousarray(table[:, 3:6], dtype=np.float32)
+    normals = None if cloud.normals is None else np.ascontiguousarray(table[:, -3:], dtype=np.float32)
+    sample = {"points": torch.from_numpy(points)}
+    if colors is not None:
+        sample["colors"] = torch.from_numpy(colors)
+    if normals is not None:
+        sample["normals"] = torch.from_numpy(normals)
+    encoder, _, init = downstream_encoder(cfg)
+    check_sample(encoder, sample)
+    device = resolve_device(str(cfg.device))
+    state = check_run(cfg, resumable=False)
+    features = encoder_point_features(encoder, sample, sample["points"], settings["level"], device)
+    feature_rgb = pca_colors(features, settings["sample_rows"], int(cfg.seed))
+    width, height = settings["width"], settings["height"]
+    viewmats, Ks = orbit_cameras(points, settings["views"], width, height, settings["fov"], settings["elevation"])
+    pictures = render_points(points, feature_rgb, viewmats, Ks, width, height, settings["point_size"])
+    own = (render_points(points, colors, viewmats, Ks, width, height, settings["point_size"]) if colors is not None
+           else np.zeros_like(pictures))
+    out = start_run(cfg, state, resumable=False)
+    for k in range(len(pictures)):
+        atomic_write_png(out / f"features_view{k}.png", np.concatenate([own[k], pictures[k]], axis=1))
+    write_point_ply(out / "features.ply", points, feature_rgb)
+    metrics = {"init": init, "points": len(points), "level": settings["level"], "channels": int(features.shape[1]),
+               "views": len(pictures)}
+    finish_run(out, metrics)
+    plural = "s" if len(pictures) != 1 else ""
+    report(f"viz features ({init}, level {settings['level']}, {len(points)} points): {len(pictures)} picture{plural} "
+           f"and features.ply → {out}")
+    return metrics

@@ -1,0 +1,144 @@
+"""``pc3d viz features``: features at points, PCA colours, orbit cameras, point pictures, the command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require_shared
+from pc3d.cli import main
+from pc3d.data.io import read_ply, write_point_ply
+from pc3d.encoders import PointViT
+from pc3d.encoders.base import FeatureLevel
+from pc3d.eval.viz import encoder_point_features, features_at_points, orbit_cameras, pca_colors, render_points
+from pc3d.hub import encoder_or_random
+
+SMALL_VIT = ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2", "encoder.num_groups=32",
+             "encoder.group_size=16"]
+
+
+def test_pca_colors_put_the_main_direction_of_the_features_in_red():
+    rng = np.random.default_rng(0)
+    groups = np.repeat([0, 1], 500)
+    features = rng.normal(0.0, 0.05, (1000, 8))
+    features[:, 3] += np.where(groups == 1, 2.0, -2.0)  # the largest variance: group A vs group B
+    features[:, 5] += rng.normal(0.0, 0.5, 1000)        # second
+    rgb = pca_colors(torch.from_numpy(features))
+    assert rgb.shape == (1000, 3) and rgb.dtype == np.float32 and rgb.min() >= 0 and rgb.max() <= 1
+    assert rgb[groups == 1, 0].mean() > 0.9 and rgb[groups == 0, 0].mean() < 0.1  # loading +1 on feature 3
+    assert abs(np.corrcoef(rgb[:, 1], features[:, 5])[0, 1]) > 0.9
+    # the same features in another order: the same colours (rows all sampled, sign fixed)
+    order = rng.permutation(1000)
+    np.testing.assert_allclose(pca_colors(torch.from_numpy(features[order])), rgb[order], atol=1e-6)
+    # directions the features do not vary along are grey
+    flat = pca_colors(torch.from_numpy(np.tile([[1.0, 2.0]], (50, 1))))
+    np.testing.assert_array_equal(flat, np.full((50, 3), 0.5, np.float32))
+
+
+def test_features_at_points_take_the_nearest_token_or_the_cell():
+    tokens = FeatureLevel(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]))
+    points = torch.tensor([[0.1, 0.0, 0.0], [0.9, 0.1, 0.0], [0.4, -0.2, 0.0]])
+    assert torch.equal(features_at_points(tokens, points), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]))
+    # a strided level: one occupied cell of 0.5 m holds every point → its feature
+    cells = FeatureLevel(torch.tensor([[[3.0, -1.0]]]), torch.tensor([[[0.25, 0.25, 0.25]]]), stride=0.5)
+    inside = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.4, 0.1]])
+    torch.testing.assert_close(features_at_points(cells, inside), torch.tensor([[3.0, -1.0], [3.0, -1.0]]))
+    with pytest.raises(ValueError, match="one sample"):
+        features_at_points(FeatureLevel(torch.zeros(2, 1, 2), torch.zeros(2, 1, 3)), points)
+
+
+def test_orbit_cameras_see_every_point_with_the_centre_in_the_middle():
+    points = np.random.default_rng(1).uniform([-3, -2, 0], [5, 4, 2.5], (2000, 3)).astype(np.float32)
+    viewmats, Ks = orbit_cameras(points, 4, 160, 90, fov=60.0, elevation=30.0)
+    center = (points.min(0) + points.max(0)) / 2
+    for viewmat, K in zip(viewmats, Ks):
+        local = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+        uv = local[:, :2] / local[:, 2:] @ K[:2, :2].T + K[:2, 2]
+        assert (local[:, 2] > 0).all()
+        assert (uv >= 0).all() and (uv[:, 0] <= 160).all() and (uv[:, 1] <= 90).all()
+        middle = viewmat[:3, :3] @ center + viewmat[:3, 3]
+        np.testing.assert_allclose(middle[:2] / middle[2], 0.0, atol=1e-5)
+        eye = -viewmat[:3, :3].T @ viewmat[:3, 3]
+        assert np.degrees(np.arcsin((eye[2] - center[2]) / np.linalg.norm(eye - center))) == pytest.approx(30, abs=1e-3)
+    azimuths = [np.degrees(np.arctan2(*(-(v[:3, :3].T @ v[:3, 3]) - center)[[1, 0]])) % 360 for v in viewmats]
+    np.testing.assert_allclose(azimuths, [45, 135, 225, 315], atol=1e-3)
+
+
+def test_render_points_draws_each_point_in_its_colour_where_it_projects():
+    rng = np.random.default_rng(2)
+    red = rng.normal([-1.0, 0.0, 0.0], 0.05, (400, 3))
+    blue = rng.normal([1.0, 0.0, 0.0], 0.05, (400, 3))
+    points = np.concatenate([red, blue]).astype(np.float32)
+    colors = np.repeat(np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32), 400, axis=0)
+    viewmats, Ks = orbit_cameras(points, 2, 64, 48)
+    pictures = render_points(points, colors, viewmats, Ks, 64, 48)
+    assert pictures.shape == (2, 48, 64, 3)
+    for picture, viewmat, K in zip(pictures, viewmats, Ks):
+        for cluster, colour in ((red, [1, 0, 0]), (blue, [0, 0, 1])):
+            local = viewmat[:3, :3] @ cluster.mean(0) + viewmat[:3, 3]
+            u, v = (K[:2, :2] @ (local[:2] / local[2]) + K[:2, 2]).astype(int)
+            np.testing.assert_allclose(picture[v, u], colour, atol=0.05)
+        assert (picture.max(axis=-1) < 0.01).mean() > 0.5  # the rest is the black background
+
+
+def test_write_point_ply_is_read_back(tmp_path):
+    points = np.random.default_rng(3).normal(size=(100, 3)).astype(np.float32)
+    colors = np.random.default_rng(4).uniform(size=(100, 3))
+    write_point_ply(tmp_path / "c.ply", points, colors)
+    cloud = read_ply(tmp_path / "c.ply")
+    np.testing.assert_array_equal(cloud.points, points)
+    np.testing.assert_allclose(cloud.colors, np.round(colors * 255) / 255, atol=1e-6)
+    with pytest.raises(ValueError):
+        write_point_ply(tmp_path / "d.ply", points, colors[:5])
+    assert not (tmp_path / "d.ply").exists()
+
+
+def test_viz_features_on_a_real_scan(tmp_path, capsys):
+    scan = require_shared("scannet") / "scene0000_00_vert_all.npy"
+    out = tmp_path / "viz"
+    args = ["viz", "features", "checkpoint=random", f"scene={scan}", *SMALL_VIT, "viz.num_points=4096",
+            "viz.width=64", "viz.height=48", "viz.views=2", f"out_dir={out}"]
+    assert main(args) == 0
+    assert "viz features (random, level 0, 4096 points): 2 pictures" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == {"init": "random", "points": 4096, "level": 0, "channels": 32, "views": 2}
+    from PIL import Image
+
+    for k in range(2):
+        with Image.open(out / f"features_view{k}.png") as picture:
+            assert picture.size == (128, 48)
+            pixels = np.asarray(picture, dtype=np.float32) / 255
+        drawn = pixels.max(axis=-1) > 0.02
+        assert 0.1 < drawn[:, :64].mean() < 0.9 and abs(drawn[:, :64].mean() - drawn[:, 64:].mean()) < 0.05
+        assert pixels[:, 64:][drawn[:, 64:]].std(axis=0).min() > 0.05  # the features are not one colour
+    # the PLY holds the points in the PCA colours of the features, recomputed here from the same encoder
+    cloud = read_ply(out / "features.ply")
+    assert len(cloud.points) == 4096
+    encoder, _, _ = encoder_or_random("random", {"_target_": "pc3d.encoders.PointViT", "embed_dim": 32, "depth": 1,
+                                                 "num_heads": 2, "num_groups": 32, "group_size": 16,
+                                                 "drop_path_rate": 0.0}, seed=0)
+    assert isinstance(encoder, PointViT)
+    points = torch.from_numpy(cloud.points)
+    expected = pca_colors(encoder_point_features(encoder, {"points": points}, points, 0))
+    assert np.abs(cloud.colors - expected).max() <= 0.5 / 255 + 1e-6
+
+
+def test_viz_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    scan = tmp_path / "scan.npy"
+    np.save(scan, np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32))
+    common = ["viz", "features", "checkpoint=random", *SMALL_VIT]
+    for extra, message in ((["scene=" + str(tmp_path / "absent.npy")], "absent.npy"),
+                           ([f"scene={scan}", "viz.level=3"], "level=3"),
+                           ([f"scene={scan}", "viz.views=0"], "viz.views=0"),
+                           ([f"scene={scan}", "viz.colour=1"], "viz.colour")):
+        out = tmp_path / "out"
+        capsys.readouterr()
+        assert main([*common, *extra, f"out_dir={out}"]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not out.exists()
+    assert main(["viz", "recon", "checkpoint=random"]) == 2
+    assert "usage: pc3d viz features" in capsys.readouterr().err
