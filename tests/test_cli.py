@@ -159,7 +159,7 @@ def test_command_help_without_a_config_and_its_errors(capsys):
     assert main(["detect", "--help"]) == 0
     assert "pc3d detect train|eval" in capsys.readouterr().out
     assert main(["viz", "--help"]) == 0
-    assert "usage: pc3d viz features" in capsys.readouterr().out
+    assert "usage: pc3d viz features|recon" in capsys.readouterr().out
     for args, fragment in ((["frobnicate", "--help"], "unknown command"), (["prep", "nope", "--help"], "nope"),
                            (["pretrain", "encoder.width=3", "--help"], "encoder.width")):
         assert main(args) == 2

@@ -13,8 +13,11 @@ from pc3d.cli import main
 from pc3d.data.io import read_ply, write_point_ply
 from pc3d.encoders import PointViT
 from pc3d.encoders.base import FeatureLevel
-from pc3d.eval.viz import encoder_point_features, features_at_points, orbit_cameras, pca_colors, render_points
+from pc3d.data.scene_views import orbit_cameras, render_points
+from pc3d.eval.viz import encoder_point_features, features_at_points, pca_colors
 from pc3d.hub import encoder_or_random
+from pc3d.methods.point_mae import (INPUT_COLOR, MASKED_COLOR, VISIBLE_COLOR, PointMAE, Reconstruction,
+                                    reconstruction_picture)
 
 SMALL_VIT = ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2", "encoder.num_groups=32",
              "encoder.group_size=16"]
@@ -140,5 +143,77 @@ def test_viz_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
         assert not out.exists()
-    assert main(["viz", "recon", "checkpoint=random"]) == 2
-    assert "usage: pc3d viz features" in capsys.readouterr().err
+    assert main(["viz", "look", "checkpoint=random"]) == 2
+    assert "usage: pc3d viz features|recon" in capsys.readouterr().err
+
+
+def _four_clusters(count=64):
+    rng = np.random.default_rng(5)
+    corners = np.array([[-1.0, -1.0, 0.0], [1.0, -1.0, 0.0], [1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]])
+    return np.concatenate([rng.normal(c, 0.04, (count, 3)) for c in corners]).astype(np.float32), corners
+
+
+def test_reconstruction_picture_draws_masked_patches_where_they_are():
+    """Four far-apart clusters, one patch each, two masked: each panel shows each patch in its colour at its
+    place, and a perfect prediction draws the masked-truth panel pixel for pixel."""
+    points, corners = _four_clusters()
+    torch.manual_seed(0)
+    encoder = PointViT(embed_dim=32, depth=1, num_heads=2, num_groups=4, group_size=32, drop_path_rate=0.0)
+    model = PointMAE(encoder, mask_ratio=0.5, decoder_depth=1, decoder_num_heads=2).eval()
+    with torch.no_grad():
+        rec = model.reconstruct({"points": torch.from_numpy(points)[None], "sample_seed": torch.tensor([3])})
+    rec = rec.first().to_cpu()
+    assert rec.mask.shape == (1, 4) and int(rec.mask.sum()) == 2 and rec.predicted.shape == (1, 2, 32, 3)
+    size = 96
+    picture = reconstruction_picture(rec, points, views=1, width=size, height=size, fov=60.0, elevation=60.0)
+    assert picture.shape == (size, 4 * size, 3)
+    perfect = Reconstruction(rec.neighborhoods, rec.centers, rec.mask, rec.neighborhoods[rec.mask][None])
+    exact = reconstruction_picture(perfect, points, views=1, width=size, height=size, fov=60.0, elevation=60.0)
+    np.testing.assert_allclose(exact[:, 3 * size:], exact[:, 2 * size:3 * size], atol=1e-6)
+    viewmats, Ks = orbit_cameras(points, 1, size, size, fov=60.0, elevation=60.0)
+    for center, masked in zip(rec.centers[0].numpy(), rec.mask[0].numpy()):
+        local = viewmats[0, :3, :3] @ center + viewmats[0, :3, 3]
+        u, v = (Ks[0, :2, :2] @ (local[:2] / local[2]) + Ks[0, :2, 2]).astype(int)
+        panels = [exact[v, u + k * size] for k in range(4)]
+        np.testing.assert_allclose(panels[0], INPUT_COLOR, atol=0.05)
+        expected = MASKED_COLOR if masked else VISIBLE_COLOR
+        np.testing.assert_allclose(panels[2], expected, atol=0.05)
+        if masked:
+            assert panels[1].max() < 0.05  # a masked patch is not among the visible ones
+        else:
+            np.testing.assert_allclose(panels[1], VISIBLE_COLOR, atol=0.05)
+    # the model's own (untrained) prediction is drawn, not the truth
+    assert np.abs(picture[:, 3 * size:] - exact[:, 3 * size:]).max() > 0.5
+
+
+def test_viz_recon_draws_a_point_mae_run_and_refuses_other_models(tmp_path, capsys):
+    run = tmp_path / "pre"
+    tiny = ["encoder.embed_dim=48", "encoder.depth=1", "encoder.num_heads=3", "encoder.num_groups=16",
+            "encoder.group_size=16", "method.decoder_depth=1", "method.decoder_num_heads=3", "trainer.batch_size=8",
+            f"data.root={tmp_path / 'synth'}", "data.train_per_class=2", "data.test_per_class=1",
+            "data.num_points=256"]
+    assert main(["pretrain", *tiny, "trainer.max_steps=2", "trainer.artifact_every=2", f"out_dir={run}"]) == 0
+    from PIL import Image
+
+    with Image.open(run / "artifacts" / "recon_00000002.png") as artifact:  # the hook, two views
+        assert artifact.size == (4 * 240, 2 * 240)
+    shape = require_shared("modelnet10") / "chair" / "train" / "chair_0001.pcd"
+    out = tmp_path / "recon"
+    capsys.readouterr()
+    assert main(["viz", "recon", f"checkpoint={run}", f"scene={shape}", "viz.unit_sphere=true", "viz.num_points=512",
+                 "viz.views=2", "viz.width=80", "viz.height=64", f"out_dir={out}"]) == 0
+    assert "viz recon (9 of 16 patches masked" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["points"] == 512 and metrics["masked_patches"] == 9 and metrics["chamfer"] > 0
+    with Image.open(out / "recon.png") as picture:
+        assert picture.size == (320, 128)
+    cloud = read_ply(out / "recon.ply")  # the 7 visible and 9 predicted patches of 16 points
+    assert len(cloud.points) == 16 * 16 and (np.abs(np.linalg.norm(cloud.points, axis=1)) < 3).all()
+    orange = np.abs(cloud.colors - np.round(np.array(MASKED_COLOR) * 255) / 255).max(axis=1) < 1e-6
+    assert orange.sum() == 9 * 16
+    for bad, message in ((["checkpoint=random"], "checkpoint=random"),
+                         ([f"checkpoint={tmp_path / 'absent'}"], "absent")):
+        capsys.readouterr()
+        assert main(["viz", "recon", *bad, f"scene={shape}", f"out_dir={tmp_path / 'bad'}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and not (tmp_path / "bad").exists(), err

@@ -17,11 +17,16 @@ point-cloud viewer.
 
 Writes ``features_view<k>.png`` (the scene's own colours beside the feature colours), ``features.ply``
 (the points in feature colours), ``config.yaml`` and ``metrics.json``.
+
+``pc3d viz recon checkpoint=RUN scene=FILE`` (a Point-MAE run or original checkpoint): the cloud's patches
+masked with the sample seed ``seed``, reconstructed by the model, and drawn as
+:func:`~pc3d.methods.point_mae.reconstruction_picture` (``recon.png``: per view, the input, the visible
+patches, the masked truth and the prediction); ``recon.ply`` holds the visible and the predicted points.
+``viz.unit_sphere=true`` centres and scales the cloud as the object datasets do.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +35,22 @@ import torch
 from torch import Tensor
 
 from pc3d.data.io import read_points, write_point_ply
-from pc3d.data.scene_views import gaussians_from_points, look_at, render_views
-from pc3d.data.transforms import random_subsample
+from pc3d.data.scene_views import orbit_cameras, render_points
+from pc3d.data.transforms import normalize_unit_sphere, random_subsample
 from pc3d.encoders.base import Encoder, FeatureLevel
 from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
 from pc3d.eval.scene_probe import sample_level
+from pc3d.methods.point_mae import PointMAE, reconstruction_panels, reconstruction_picture
 from pc3d.ops.neighbors import knn
+from pc3d.utils.atomic import atomic_write_png
 from pc3d.utils.config import Setting, check_settings
 from pc3d.utils.device import move_to
 
 VIZ_SETTINGS = {"level": Setting(int), "num_points": Setting(int, 1, optional=True), "views": Setting(int, 1, 16),
                 "width": Setting(int, 16, 4096), "height": Setting(int, 16, 4096), "fov": Setting(float, 10.0, 150.0),
                 "elevation": Setting(float, 0.0, 89.0), "point_size": Setting(float, 0.0, open_low=True),
-                "sample_rows": Setting(int, 3)}
+                "sample_rows": Setting(int, 3), "unit_sphere": Setting(bool)}
 
 
 def features_at_points(level: FeatureLevel, points: Tensor, voxel_size: float | None = None) -> Tensor:
@@ -79,36 +86,6 @@ def pca_colors(features: Tensor, sample_rows: int = 20000, seed: int = 0) -> np.
     return rgb.numpy().astype(np.float32)
 
 
-def orbit_cameras(points: np.ndarray, count: int, width: int, height: int, fov: float = 60.0,
-                  elevation: float = 45.0) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` cameras around ``points (N, 3)``, ``elevation`` degrees above the horizon (z up), at azimuths
-    ``45 + 360 k / count`` degrees, far enough that the sphere around the box centre holding every point fits
-    the frame: ``viewmats (V, 4, 4)``
-    world-to-camera, ``Ks (V, 3, 3)`` (horizontal field of view ``fov`` degrees)."""
-    center = (points.min(axis=0) + points.max(axis=0)) / 2
-    radius = max(float(np.linalg.norm(points - center, axis=1).max()), 1e-6)
-    half = math.radians(fov) / 2
-    narrowest = min(half, math.atan(math.tan(half) * height / width))
-    distance = radius / math.sin(narrowest)
-    focal = 0.5 * width / math.tan(half)
-    K = np.array([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
-    up = math.radians(elevation)
-    viewmats = []
-    for k in range(count):
-        azimuth = math.radians(45.0 + 360.0 * k / count)
-        direction = np.array([math.cos(up) * math.cos(azimuth), math.cos(up) * math.sin(azimuth), math.sin(up)])
-        viewmats.append(look_at(center + distance * direction, center))
-    return np.stack(viewmats).astype(np.float32), np.tile(K, (count, 1, 1)).astype(np.float32)
-
-
-def render_points(points: np.ndarray, colors: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, width: int,
-                  height: int, point_size: float = 1.0) -> np.ndarray:
-    """``(V, H, W, 3)`` float32 pictures of ``points (N, 3)`` in ``colors (N, 3)``: each point a Gaussian of
-    ``point_size`` times its mean distance to 3 neighbours, through the rasterizer, black background."""
-    cloud = gaussians_from_points(points, colors, scale_factor=point_size, opacity=0.99)
-    return render_views(cloud, viewmats, Ks, width, height).images
-
-
 @torch.no_grad()
 def encoder_point_features(encoder: Encoder, sample: dict[str, Tensor], points: Tensor, level: int,
                            device: torch.device | str = "cpu") -> Tensor:
@@ -121,39 +98,52 @@ def encoder_point_features(encoder: Encoder, sample: dict[str, Tensor], points: 
     return features_at_points(output.levels[level], points.to(device), encoder.spec.voxel_size or None).cpu()
 
 
-def run_viz(mode: str, cfg) -> dict[str, Any]:
-    """``pc3d viz features``: see the module docstring. Every value is checked before the first write."""
-    from pc3d.train.run import (check_run, check_run_settings, check_sample, downstream_encoder, finish_run,
-                                report, resolve_device, start_run)
-    from pc3d.utils.atomic import atomic_write_png
+def _scene_sample(cfg, settings: dict[str, Any]) -> dict[str, Tensor]:
+    """``points`` (+ ``colors``, ``normals`` where the file has them) of ``cfg.scene``: a seeded subsample of
+    ``viz.num_points``, centred and scaled into the unit sphere with ``viz.unit_sphere``."""
+    cloud = read_points(Path(str(cfg.scene)))
+    columns = [a for a in (cloud.points, cloud.colors, cloud.normals) if a is not None]
+    table = np.concatenate(columns, axis=1)
+    if settings["num_points"] is not None:
+        table = random_subsample(table, settings["num_points"], np.random.default_rng(int(cfg.seed)))
+    points = table[:, :3]
+    if settings["unit_sphere"]:
+        points = normalize_unit_sphere(points)
+    sample = {"points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))}
+    if cloud.colors is not None:
+        sample["colors"] = torch.from_numpy(np.ascontiguousarray(table[:, 3:6], dtype=np.float32))
+    if cloud.normals is not None:
+        sample["normals"] = torch.from_numpy(np.ascontiguousarray(table[:, -3:], dtype=np.float32))
+    return sample
 
-    if mode != "features":
-        raise ConfigError(f"usage: pc3d viz features key=value ... (got {mode!r})")
+
+def run_viz(mode: str, cfg) -> dict[str, Any]:
+    """``pc3d viz features|recon``: see the module docstring. Every value is checked before the first write."""
+    from pc3d.train.run import check_run_settings
+
+    if mode not in ("features", "recon"):
+        raise ConfigError(f"usage: pc3d viz features|recon key=value ... (got {mode!r})")
     check_run_settings(cfg)
     settings = check_settings("viz", cfg.viz, VIZ_SETTINGS)
-    cloud = read_points(Path(str(cfg.scene)))
-    rng = np.random.default_rng(int(cfg.seed))
-    table = np.concatenate([cloud.points, *(a for a in (cloud.colors, cloud.normals) if a is not None)], axis=1)
-    if settings["num_points"] is not None:
-        table = random_subsample(table, settings["num_points"], rng)
-    points = np.ascontiguousarray(table[:, :3], dtype=np.float32)
-    colors = None if cloud.colors is None else np.ascontiguousarray(table[:, 3:6], dtype=np.float32)
-    normals = None if cloud.normals is None else np.ascontiguousarray(table[:, -3:], dtype=np.float32)
-    sample = {"points": torch.from_numpy(points)}
-    if colors is not None:
-        sample["colors"] = torch.from_numpy(colors)
-    if normals is not None:
-        sample["normals"] = torch.from_numpy(normals)
+    sample = _scene_sample(cfg, settings)
+    return (_viz_features if mode == "features" else _viz_recon)(cfg, settings, sample)
+
+
+def _viz_features(cfg, settings: dict[str, Any], sample: dict[str, Tensor]) -> dict[str, Any]:
+    from pc3d.train.run import (check_run, check_sample, downstream_encoder, finish_run, report, resolve_device,
+                                start_run)
+
     encoder, _, init = downstream_encoder(cfg)
     check_sample(encoder, sample)
     device = resolve_device(str(cfg.device))
     state = check_run(cfg, resumable=False)
     features = encoder_point_features(encoder, sample, sample["points"], settings["level"], device)
     feature_rgb = pca_colors(features, settings["sample_rows"], int(cfg.seed))
-    width, height = settings["width"], settings["height"]
+    points, colors = sample["points"].numpy(), sample.get("colors")
+    width, height, size = settings["width"], settings["height"], settings["point_size"]
     viewmats, Ks = orbit_cameras(points, settings["views"], width, height, settings["fov"], settings["elevation"])
-    pictures = render_points(points, feature_rgb, viewmats, Ks, width, height, settings["point_size"])
-    own = (render_points(points, colors, viewmats, Ks, width, height, settings["point_size"]) if colors is not None
+    pictures = render_points(points, feature_rgb, viewmats, Ks, width, height, size)
+    own = (render_points(points, colors.numpy(), viewmats, Ks, width, height, size) if colors is not None
            else np.zeros_like(pictures))
     out = start_run(cfg, state, resumable=False)
     for k in range(len(pictures)):
@@ -165,4 +155,37 @@ def run_viz(mode: str, cfg) -> dict[str, Any]:
     plural = "s" if len(pictures) != 1 else ""
     report(f"viz features ({init}, level {settings['level']}, {len(points)} points): {len(pictures)} picture{plural} "
            f"and features.ply → {out}")
+    return metrics
+
+
+@torch.no_grad()
+def _viz_recon(cfg, settings: dict[str, Any], sample: dict[str, Tensor]) -> dict[str, Any]:
+    from pc3d.hub import load_pretraining_model
+    from pc3d.train.run import check_run, check_sample, finish_run, report, resolve_device, start_run
+
+    if str(cfg.checkpoint) == "random":
+        raise ConfigError("checkpoint=random: viz recon draws a trained Point-MAE model (a run or checkpoint)")
+    model = load_pretraining_model(str(cfg.checkpoint))
+    if not isinstance(model, PointMAE):
+        raise ConfigError(f"checkpoint={cfg.checkpoint}: holds a {type(model).__name__} model; viz recon draws "
+                          "Point-MAE's reconstructions")
+    check_sample(model.encoder, sample)
+    device = resolve_device(str(cfg.device))
+    state = check_run(cfg, resumable=False)
+    batch = {"points": sample["points"][None].to(device), "sample_seed": torch.tensor([int(cfg.seed)], device=device)}
+    model = model.to(device).eval()
+    rec = model.reconstruct(batch).first().to_cpu()
+    chamfer = float(model(batch)["loss"])
+    points = sample["points"].numpy()
+    picture = reconstruction_picture(rec, points, settings["views"], settings["width"], settings["height"],
+                                     settings["point_size"], settings["fov"], settings["elevation"])
+    visible, _, _, predicted = reconstruction_panels(rec, points)
+    out = start_run(cfg, state, resumable=False)
+    atomic_write_png(out / "recon.png", picture)
+    write_point_ply(out / "recon.ply", *predicted)
+    metrics = {"points": len(points), "patches": int(rec.mask.shape[1]), "masked_patches": int(rec.mask.sum()),
+               "chamfer": chamfer, "views": settings["views"]}
+    finish_run(out, metrics)
+    report(f"viz recon ({metrics['masked_patches']} of {metrics['patches']} patches masked, Chamfer-L2 "
+           f"{chamfer:.5f}): recon.png and recon.ply → {out}")
     return metrics

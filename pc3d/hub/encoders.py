@@ -38,15 +38,16 @@ from torch import nn
 
 from pc3d.errors import CheckpointError, ConfigError
 from pc3d.hub.encoder_file import ENCODER_FILE_FORMAT, looks_like_safetensors, read_encoder_file
-from pc3d.hub.nerf_mae import NERF_MAE_FORMAT, NOT_NERF_MAE, nerf_mae_checkpoint, read_nerf_mae_encoder
+from pc3d.hub.nerf_mae import (NERF_MAE_FORMAT, NOT_NERF_MAE, import_nerf_mae_model, nerf_mae_checkpoint,
+                               read_nerf_mae_encoder)
 from pc3d.hub.nerf_mae import encoder_display as nerf_mae_display
 from pc3d.hub.msm import _NOT_MSM, MSM_FORMAT, infer_msm_config, msm_display, msm_encoder_weights, msm_state
-from pc3d.hub.point_mae import (NOT_POINT_MAE, POINT_MAE_FORMAT, encoder_display, encoder_weights, infer_encoder_config,
-                                point_mae_state)
+from pc3d.hub.point_mae import (NOT_POINT_MAE, POINT_MAE_FORMAT, encoder_display, encoder_weights,
+                                import_point_mae_model, infer_encoder_config, point_mae_state)
 from pc3d.hub.pointcept import (_NOT_SPUNET, POINTCEPT_SPUNET_FORMAT, infer_pointcept_config, pointcept_display,
                                 pointcept_encoder_weights, pointcept_state)
 from pc3d.hub.weights import (architecture_config, build_encoder, check_stored_target, encoder_class, load_weights,
-                              read_torch_file)
+                              method_from_weights, read_torch_file)
 from pc3d.train.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint
 
 ENCODER_PREFIX = "encoder."
@@ -296,3 +297,39 @@ def encoder_or_random(checkpoint: str | os.PathLike, encoder_config: Mapping[str
     encoder, config = load_encoder(checkpoint, config_overrides=config_overrides)
     return encoder, config, "pretrained"
 
+
+
+def load_pretraining_model(path: str | os.PathLike, strict: bool = True) -> nn.Module:
+    """The whole pretraining model (the encoder and the method's decoder and heads) of a pc3d run directory or
+    training checkpoint, or of an original Point-MAE or NeRF-MAE pretraining file; eval mode, on CPU.
+
+    Raises:
+        CheckpointError: a missing or unreadable file, a checkpoint without its method and encoder config, a
+            file of another format, or (``strict``) weights that do not fit, by name.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: run directory has no readable checkpoint in checkpoints/")
+        file, obj = found
+    elif not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    else:
+        file = path
+        try:
+            obj = read_torch_file(path)
+        except CheckpointError as refused:
+            obj = _nerf_mae_with_namespace(path, "auto", refused)
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        config = obj.get("config") or {}
+        if not config.get("method") or not config.get("encoder"):
+            raise CheckpointError(f"{file}: checkpoint carries no method and encoder config")
+        return method_from_weights(dict(config["method"]), architecture_config(config["encoder"]), obj["model"],
+                                   strict=strict, source=str(file), what="the run's model")
+    if point_mae_state(obj) is not None:
+        return import_point_mae_model(file, strict)
+    if nerf_mae_checkpoint(obj) is not None:
+        return import_nerf_mae_model(file, strict)
+    raise CheckpointError(f"{file}: not a pretraining model (expected a pc3d run or training checkpoint, or an "
+                          "original Point-MAE or NeRF-MAE pretraining file)")

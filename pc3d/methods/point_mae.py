@@ -15,18 +15,30 @@ mini-PointNet on visible patches only, since masked tokens are discarded before
 the encoder. Outputs and gradients of the visible tokens are unchanged except that
 the tokenizer's BatchNorm statistics come from visible patches only (same
 distribution, 40 % of the points); set it to False for the reference behaviour.
+
+Pictures (:func:`reconstruction_picture`; the ``log_artifacts`` hook writes one of the last training batch's
+first sample, ``recon_STEP.png``, also to TensorBoard; ``pc3d viz recon`` draws any cloud): four panels per
+view, left to right: the input, the visible patches (blue), the visible and the masked patches' true points
+(orange), the visible and the predicted points of the masked patches (orange).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pc3d.data.scene_views import orbit_cameras, render_points
 from pc3d.encoders.layers import PositionalBlocks, positional_mlp
 from pc3d.encoders.point_vit import PointViT
 from pc3d.errors import ConfigError
 from pc3d.methods.base import PretrainingMethod
-from pc3d.ops import chamfer_l2, gather_points
+from pc3d.ops import chamfer_l2, gather_points, knn
+from pc3d.utils.atomic import atomic_write_png, make_dirs
 
 
 def _init_xavier(module: nn.Module) -> None:
@@ -127,6 +139,7 @@ class PointMAE(PretrainingMethod):
         # position MLP and reconstruction head at PyTorch's default init; matched for faithfulness.
         self.decoder.apply(_init_xavier)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self._shown: Reconstruction | None = None  # the last batch's first sample, for log_artifacts
 
     input_kinds = ("points",)
     no_weight_decay_names = ("mask_token",)
@@ -144,8 +157,9 @@ class PointMAE(PretrainingMethod):
             return block_patch_mask(centers, self.mask_ratio, noise)
         return random_patch_mask(batch, groups, self.mask_ratio, centers.device, noise)
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``batch["points"] (B, N, 3)``, optional ``batch["sample_seed"] (B,)`` → ``{"loss": scalar}``."""
+    def reconstruct(self, batch: dict[str, Tensor]) -> "Reconstruction":
+        """``batch["points"] (B, N, 3)``, optional ``batch["sample_seed"] (B,)`` → the patches, the mask and the
+        decoder's predicted points of every masked patch (:class:`Reconstruction`)."""
         points = batch["points"]
         neighborhoods, centers = self.encoder.group(points)
         mask = self.make_mask(centers, batch.get("sample_seed"))
@@ -162,7 +176,91 @@ class PointMAE(PretrainingMethod):
         pos = self.decoder_pos_embed(torch.cat([select_tokens(centers, visible), masked_centers], dim=1))
         decoded, _ = self.decoder(decoder_in, pos)
         predicted = self.reconstruction_head(self.decoder_norm(decoded[:, -num_masked:]))
-        predicted = predicted.reshape(batch_size * num_masked, -1, 3)
-        target = select_tokens(neighborhoods, mask).reshape(batch_size * num_masked, -1, 3)
+        return Reconstruction(neighborhoods, centers, mask, predicted.reshape(batch_size, num_masked, -1, 3))
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``batch["points"] (B, N, 3)``, optional ``batch["sample_seed"] (B,)`` → ``{"loss": scalar}``."""
+        rec = self.reconstruct(batch)
+        batch_size, num_masked, size, _ = rec.predicted.shape
+        predicted = rec.predicted.reshape(batch_size * num_masked, size, 3)
+        target = select_tokens(rec.neighborhoods, rec.mask).reshape(batch_size * num_masked, -1, 3)
+        self._shown = rec.first()
         # the loss in float32 also under bf16 autocast
         return {"loss": chamfer_l2(predicted.float(), target.float())}
+
+    def log_artifacts(self, step: int, out_dir: Path, writer: Any) -> None:
+        """``recon_STEP.png``: the last training batch's first sample (:func:`reconstruction_picture`, two views),
+        also to TensorBoard."""
+        if self._shown is None:
+            return
+        picture = reconstruction_picture(self._shown.to_cpu(), views=2)
+        make_dirs(out_dir)
+        atomic_write_png(out_dir / f"recon_{step:08d}.png", picture)
+        if writer is not None:
+            writer.add_image("point_mae/reconstruction", picture, step, dataformats="HWC")
+
+
+@dataclass
+class Reconstruction:
+    """What Point-MAE reconstructs.
+
+    Attributes:
+        neighborhoods: ``(B, G, S, 3)`` every patch's points relative to its centre.
+        centers: ``(B, G, 3)`` patch centres.
+        mask: ``(B, G)`` bool, True = masked.
+        predicted: ``(B, M, S, 3)`` predicted points of the masked patches (in patch order), relative to their
+            centres.
+    """
+
+    neighborhoods: Tensor
+    centers: Tensor
+    mask: Tensor
+    predicted: Tensor
+
+    def first(self) -> "Reconstruction":
+        """The first sample, detached (kept where it is: no device synchronisation per training step)."""
+        return Reconstruction(*(t[:1].detach() for t in (self.neighborhoods, self.centers, self.mask, self.predicted)))
+
+    def to_cpu(self) -> "Reconstruction":
+        """On the CPU, coordinates in float32 (what a picture needs)."""
+        return Reconstruction(*(t.float().cpu() if t.is_floating_point() else t.cpu()
+                                for t in (self.neighborhoods, self.centers, self.mask, self.predicted)))
+
+
+VISIBLE_COLOR, MASKED_COLOR, INPUT_COLOR = (0.25, 0.55, 1.0), (1.0, 0.55, 0.1), (0.85, 0.85, 0.85)
+
+
+def reconstruction_panels(rec: Reconstruction, points: np.ndarray | None = None
+                          ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The four panels of sample 0 of ``rec`` as ``(points (P, 3), colors (P, 3))``: the input (``points``, or
+    the patches' points), the visible patches, visible + masked truth, visible + predicted (see the module
+    docstring)."""
+    mask = rec.mask[0].numpy()
+    patches = (rec.neighborhoods[0] + rec.centers[0][:, None]).numpy()
+    predicted = (rec.predicted[0] + rec.centers[0][rec.mask[0]][:, None]).numpy()
+    visible, truth = patches[~mask].reshape(-1, 3), patches[mask].reshape(-1, 3)
+    predicted = predicted.reshape(-1, 3)
+    source = patches.reshape(-1, 3) if points is None else np.asarray(points, np.float32)
+
+    def paint(*parts: tuple[np.ndarray, tuple[float, float, float]]) -> tuple[np.ndarray, np.ndarray]:
+        return (np.concatenate([p for p, _ in parts]).astype(np.float32),
+                np.concatenate([np.tile(np.asarray(c, np.float32), (len(p), 1)) for p, c in parts]))
+
+    return [paint((source, INPUT_COLOR)), paint((visible, VISIBLE_COLOR)),
+            paint((visible, VISIBLE_COLOR), (truth, MASKED_COLOR)),
+            paint((visible, VISIBLE_COLOR), (predicted, MASKED_COLOR))]
+
+
+def reconstruction_picture(rec: Reconstruction, points: np.ndarray | None = None, views: int = 3, width: int = 240,
+                           height: int = 240, point_size: float = 1.0, fov: float = 40.0, elevation: float = 30.0
+                           ) -> np.ndarray:
+    """``(views·height, 4·width, 3)`` float32: one row per view (:func:`~pc3d.data.scene_views.orbit_cameras`
+    around the input), the four panels of :func:`reconstruction_panels` side by side; every point of every
+    panel is drawn as wide as ``point_size / 2`` times the input's median nearest-neighbour distance."""
+    panels = reconstruction_panels(rec, points)
+    source = torch.from_numpy(panels[0][0])[None]
+    dist2, _ = knn(source, source, min(2, source.shape[1]))
+    radius = 0.5 * point_size * max(float(dist2[0, :, -1].sqrt().median()), 1e-6)
+    viewmats, Ks = orbit_cameras(panels[0][0], views, width, height, fov=fov, elevation=elevation)
+    drawn = [render_points(cloud, colors, viewmats, Ks, width, height, radius=radius) for cloud, colors in panels]
+    return np.concatenate([np.concatenate([panel[v] for panel in drawn], axis=1) for v in range(views)], axis=0)
