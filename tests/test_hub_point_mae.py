@@ -15,7 +15,7 @@ import torch
 
 from pc3d.encoders import PointViT
 from pc3d.errors import CheckpointError
-from pc3d.hub import export_point_mae, import_point_mae_model, load_encoder
+from pc3d.hub import export_point_mae, import_point_mae_model, load_encoder, load_pretraining_model
 from pc3d.hub.point_mae import infer_encoder_config
 from pc3d.methods import PointMAE
 
@@ -137,6 +137,28 @@ def test_full_model_import_and_export_round_trip(tmp_path, paper_state):
 @pytest.fixture
 def small_state():
     return synthetic_state(small_listing())
+
+
+def test_load_pretraining_model_reads_originals_and_pc3d_runs(tmp_path, small_state):
+    original = load_pretraining_model(save_original(tmp_path / "ckpt.pth", small_state, "module."))
+    assert isinstance(original, PointMAE) and not original.training
+    want = import_point_mae_model(tmp_path / "ckpt.pth").state_dict()
+    assert all(torch.equal(original.state_dict()[k], v) for k, v in want.items())
+    from pc3d.train.checkpoint import save_checkpoint
+
+    config = {"encoder": {"_target_": "pc3d.encoders.PointViT", "embed_dim": 384, "depth": 2, "num_heads": 6,
+                          "num_groups": 64, "group_size": 32},
+              "method": {"_target_": "pc3d.methods.PointMAE", "decoder_depth": 1, "decoder_num_heads": 6}}
+    save_checkpoint(tmp_path / "run", 5, {"model": original.state_dict(), "config": config})
+    again = load_pretraining_model(tmp_path / "run")
+    assert isinstance(again, PointMAE) and len(again.decoder.blocks) == 1
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in want.items())
+    save_checkpoint(tmp_path / "bare", 1, {"model": original.state_dict(), "config": {"encoder": config["encoder"]}})
+    with pytest.raises(CheckpointError, match="no method and encoder config"):
+        load_pretraining_model(tmp_path / "bare")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not a pretraining model"):
+        load_pretraining_model(tmp_path / "other.pth")
 
 
 def test_architecture_is_inferred_from_the_weights(small_state):
