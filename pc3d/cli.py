@@ -6,7 +6,7 @@ Commands:
     finetune   fine-tune encoder + Point-MAE head, optional voting (configs/finetune.yaml)
     fewshot    N-way K-shot classification over seeded folds (configs/fewshot.yaml)
     detect train|eval   3D detection head + mAP@0.25/0.5 (configs/detect.yaml)
-    viz features|recon  pictures: PCA of encoder features over a scene; Point-MAE reconstructions (configs/viz.yaml)
+    viz features|recon|grid  pictures: encoder features over a scene; Point-MAE, NeRF-MAE reconstructions
     export     a checkpoint's encoder as one .safetensors file (configs/export.yaml)
     prep NAME  dataset preparation, e.g. pc3d prep modelnet src=DIR dst=DIR (configs/prep/NAME.yaml)
 
@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: commands whose first word is a mode → (their modes, the "module:function" called with ``(mode, cfg)``)
 MODE_COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "detect": (("train", "eval"), "pc3d.eval.detect:run_detect"),
-    "viz": (("features", "recon"), "pc3d.eval.viz:run_viz"),
+    "viz": (("features", "recon", "grid"), "pc3d.eval.viz:run_viz"),
 }
 
 

@@ -217,3 +217,65 @@ def test_viz_recon_draws_a_point_mae_run_and_refuses_other_models(tmp_path, caps
         assert main(["viz", "recon", *bad, f"scene={shape}", f"out_dir={tmp_path / 'bad'}"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and not (tmp_path / "bad").exists(), err
+
+
+def test_render_alpha_grid_composites_the_cells_a_ray_crosses():
+    from pc3d.data.scene_views import look_at
+    from pc3d.ops.volume_render import render_alpha_grid
+
+    alpha, cells = 0.2, 10
+    values = torch.zeros(4, cells, cells, cells)
+    values[0], values[3] = 1.0, alpha  # a uniform red fog
+    box = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    viewmat = torch.tensor(look_at(np.array([5.0, 0.0, 0.0]), np.zeros(3)), dtype=torch.float32)[None]
+    K = torch.tensor([[20.0, 0.0, 16.0], [0.0, 20.0, 16.0], [0.0, 0.0, 1.0]])[None]
+    blue = torch.tensor([0.0, 0.0, 1.0])
+    covered = 1 - (1 - alpha) ** cells  # the central ray crosses 10 cells of the box
+    for step in (0.5, 0.25):  # each sample's opacity is scaled to the step: the picture does not depend on it
+        picture = render_alpha_grid(values, box, viewmat, K, 32, 32, step=step, background=blue)[0]
+        torch.testing.assert_close(picture[16, 16], torch.tensor([covered, 0.0, 1 - covered]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(picture[0, 0], blue)  # a ray that misses the box
+    empty = values.clone()
+    empty[3] = 0.0
+    assert torch.equal(render_alpha_grid(empty, box, viewmat, K, 8, 8, background=blue)[0], blue.expand(8, 8, 3))
+
+
+def test_viz_grid_draws_a_grid_and_a_nerf_mae_reconstruction(tmp_path, capsys):
+    from pc3d.data.radiance_grid import RadianceGrid, write_radiance_grid
+
+    axis = (np.arange(16) + 0.5) / 16 * 2 - 1
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    ball = np.sqrt(x ** 2 + y ** 2 + z ** 2) < 0.6
+    rgb = np.stack([(x + 1) / 2, (y + 1) / 2, np.full_like(x, 0.5)], axis=-1) * ball[..., None]
+    (tmp_path / "src").mkdir()
+    write_radiance_grid(tmp_path / "src" / "ball.npz", RadianceGrid(rgb, ball * 0.9, np.array([[-1.0] * 3, [1.0] * 3])))
+    grids, run = tmp_path / "grids", tmp_path / "run"
+    assert main(["prep", "grid", f"src={tmp_path / 'src'}", f"dst={grids}", "density=alpha"]) == 0
+    assert main(["pretrain", "method=nerf_mae", "encoder=swin3d_cpu", "data=grids", f"data.root={grids}",
+                 "trainer=nerf_mae", "trainer.max_steps=2", "trainer.batch_size=1", "method.grid_size=null",
+                 f"out_dir={run}"]) == 0
+    common = ["viz", "grid", f"scene={tmp_path / 'src' / 'ball.npz'}", "viz.views=2", "viz.width=48",
+              "viz.height=40"]
+    from PIL import Image
+
+    assert main([*common, "checkpoint=null", f"out_dir={tmp_path / 'alone'}"]) == 0
+    with Image.open(tmp_path / "alone" / "grid.png") as picture:
+        alone = np.asarray(picture, dtype=np.float32) / 255
+    assert alone.shape == (80, 48, 3)
+    assert alone[20, 24].max() > 0.3 and alone[0, 0].max() < 0.02  # the ball in the middle, black around it
+    capsys.readouterr()
+    assert main([*common, f"checkpoint={run}", f"out_dir={tmp_path / 'recon'}"]) == 0
+    assert "viz grid (16x16x16 cells, PSNR" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "recon" / "metrics.json").read_text())
+    assert metrics["shape"] == [16, 16, 16] and 0 < metrics["masked_fraction"] < 1 and np.isfinite(metrics["psnr"])
+    with Image.open(tmp_path / "recon" / "grid.png") as picture:
+        panels = np.asarray(picture, dtype=np.float32) / 255
+    assert panels.shape == (80, 144, 3)
+    np.testing.assert_allclose(panels[:, :48], alone, atol=1 / 255)  # first panel: the grid itself
+    assert np.abs(panels[:, 48:96] - alone).max() > 0.1  # masked cells are emptied
+    for bad, message in ((["checkpoint=random"], "checkpoint=random"), ([f"checkpoint={tmp_path / 'alone'}"],
+                                                                        "alone")):
+        capsys.readouterr()
+        assert main([*common, *bad, f"out_dir={tmp_path / 'bad'}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and not (tmp_path / "bad").exists(), err

@@ -23,6 +23,12 @@ masked with the sample seed ``seed``, reconstructed by the model, and drawn as
 :func:`~pc3d.methods.point_mae.reconstruction_picture` (``recon.png``: per view, the input, the visible
 patches, the masked truth and the prediction); ``recon.ply`` holds the visible and the predicted points.
 ``viz.unit_sphere=true`` centres and scales the cloud as the object datasets do.
+
+``pc3d viz grid scene=GRID.npz [checkpoint=RUN]``: a radiance grid (``pc3d prep grid``'s, or a NeRF-MAE
+``.npz`` with ``viz.density``) volume-rendered from the orbit cameras
+(:func:`~pc3d.ops.volume_render.render_alpha_grid`, black background); with a NeRF-MAE checkpoint each row
+also shows the grid with the masked cells emptied (mask from ``seed``) and the model's reconstruction
+(``grid.png``: one row per view; the PSNRs of that reconstruction in ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -35,14 +41,17 @@ import torch
 from torch import Tensor
 
 from pc3d.data.io import read_points, write_point_ply
+from pc3d.data.radiance_grid import DENSITY_CONVENTIONS, read_radiance_grid
 from pc3d.data.scene_views import orbit_cameras, render_points
 from pc3d.data.transforms import normalize_unit_sphere, random_subsample
 from pc3d.encoders.base import Encoder, FeatureLevel
 from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
 from pc3d.eval.scene_probe import sample_level
+from pc3d.methods.nerf_mae import NeRFMAE
 from pc3d.methods.point_mae import PointMAE, reconstruction_panels, reconstruction_picture
 from pc3d.ops.neighbors import knn
+from pc3d.ops.volume_render import render_alpha_grid
 from pc3d.utils.atomic import atomic_write_png
 from pc3d.utils.config import Setting, check_settings
 from pc3d.utils.device import move_to
@@ -50,7 +59,9 @@ from pc3d.utils.device import move_to
 VIZ_SETTINGS = {"level": Setting(int), "num_points": Setting(int, 1, optional=True), "views": Setting(int, 1, 16),
                 "width": Setting(int, 16, 4096), "height": Setting(int, 16, 4096), "fov": Setting(float, 10.0, 150.0),
                 "elevation": Setting(float, 0.0, 89.0), "point_size": Setting(float, 0.0, open_low=True),
-                "sample_rows": Setting(int, 3), "unit_sphere": Setting(bool)}
+                "sample_rows": Setting(int, 3), "unit_sphere": Setting(bool),
+                "density": Setting(str, choices=tuple(DENSITY_CONVENTIONS), optional=True)}
+VIZ_MODES = ("features", "recon", "grid")
 
 
 def features_at_points(level: FeatureLevel, points: Tensor, voxel_size: float | None = None) -> Tensor:
@@ -121,10 +132,12 @@ def run_viz(mode: str, cfg) -> dict[str, Any]:
     """``pc3d viz features|recon``: see the module docstring. Every value is checked before the first write."""
     from pc3d.train.run import check_run_settings
 
-    if mode not in ("features", "recon"):
-        raise ConfigError(f"usage: pc3d viz features|recon key=value ... (got {mode!r})")
+    if mode not in VIZ_MODES:
+        raise ConfigError(f"usage: pc3d viz {'|'.join(VIZ_MODES)} key=value ... (got {mode!r})")
     check_run_settings(cfg)
     settings = check_settings("viz", cfg.viz, VIZ_SETTINGS)
+    if mode == "grid":
+        return _viz_grid(cfg, settings)
     sample = _scene_sample(cfg, settings)
     return (_viz_features if mode == "features" else _viz_recon)(cfg, settings, sample)
 
@@ -188,4 +201,53 @@ def _viz_recon(cfg, settings: dict[str, Any], sample: dict[str, Tensor]) -> dict
     finish_run(out, metrics)
     report(f"viz recon ({metrics['masked_patches']} of {metrics['patches']} patches masked, Chamfer-L2 "
            f"{chamfer:.5f}): recon.png and recon.ply → {out}")
+    return metrics
+
+
+@torch.no_grad()
+def _viz_grid(cfg, settings: dict[str, Any]) -> dict[str, Any]:
+    from pc3d.data.grid_data import radiance_grid_sample
+    from pc3d.hub import load_pretraining_model
+    from pc3d.train.run import check_run, finish_run, report, resolve_device, start_run
+
+    grid = read_radiance_grid(Path(str(cfg.scene)), settings["density"])
+    values = torch.from_numpy(np.ascontiguousarray(grid.rgb_alpha().transpose(3, 0, 1, 2), dtype=np.float32))
+    panels, metrics = [values], {"shape": list(grid.shape)}
+    model = None
+    if str(cfg.checkpoint) not in ("null", "None", "random"):
+        model = load_pretraining_model(str(cfg.checkpoint))
+        if not isinstance(model, NeRFMAE):
+            raise ConfigError(f"checkpoint={cfg.checkpoint}: holds a {type(model).__name__} model; viz grid draws "
+                              "NeRF-MAE's reconstructions")
+    elif str(cfg.checkpoint) == "random":
+        raise ConfigError("checkpoint=random: viz grid draws a grid alone (checkpoint=null) or a trained NeRF-MAE "
+                          "model's reconstruction of it")
+    device = resolve_device(str(cfg.device))
+    state = check_run(cfg, resumable=False)
+    if model is not None:
+        model = model.to(device).eval()
+        padded = model.pad_grid(model.batch_grid({"grid": radiance_grid_sample(grid)["grid"][None].to(device)}))
+        mask = model.token_mask(torch.tensor([int(cfg.seed)]), padded.shape, device)
+        prediction = model.predict(padded, mask)
+        losses = model.losses(padded, prediction, mask)
+        x, y, z = grid.shape
+        hidden = model.masked_cells(padded, mask)[0, :x, :y, :z].cpu()
+        reconstruction = torch.cat([prediction[0, :3, :x, :y, :z].clamp(0, 1),
+                                    torch.sigmoid(prediction[0, 3:, :x, :y, :z])]).float().cpu()
+        panels += [values * ~hidden, reconstruction]
+        metrics.update(psnr=float(losses["psnr"]), psnr_masked=float(losses["psnr_masked"]),
+                       masked_fraction=float(losses["masked_fraction"]))
+    corners = np.array(np.meshgrid(*grid.box.T, indexing="ij")).reshape(3, -1).T
+    width, height = settings["width"], settings["height"]
+    viewmats, Ks = orbit_cameras(corners, settings["views"], width, height, settings["fov"], settings["elevation"])
+    box = torch.from_numpy(grid.box.astype(np.float32))
+    drawn = [render_alpha_grid(panel, box, torch.from_numpy(viewmats), torch.from_numpy(Ks), width, height).numpy()
+             for panel in panels]
+    picture = np.concatenate([np.concatenate([d[v] for d in drawn], axis=1) for v in range(len(viewmats))], axis=0)
+    out = start_run(cfg, state, resumable=False)
+    atomic_write_png(out / "grid.png", picture)
+    metrics["views"] = len(viewmats)
+    finish_run(out, metrics)
+    shown = f"PSNR {metrics['psnr']:.2f} dB, masked {metrics['psnr_masked']:.2f} dB" if model else "the grid"
+    report(f"viz grid ({'x'.join(map(str, grid.shape))} cells, {shown}): grid.png → {out}")
     return metrics

@@ -237,14 +237,19 @@ class NeRFMAE(PretrainingMethod):
         encoded = self.encoder(grid, mask=mask, mask_token=self.mask_token)
         return self.decoder([level.to_dense()[0] for level in encoded.levels])
 
+    def masked_cells(self, grid: DenseGrid, mask: Tensor) -> Tensor:
+        """``(B, X, Y, Z)`` bool: the valid cells of ``grid`` under a masked token of ``mask (B, n1, n2, n3)``."""
+        p = self.encoder.patch_size
+        cells = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).repeat_interleave(p, 3)
+        x, y, z = grid.values.shape[2:]
+        return cells[:, :x, :y, :z] & grid.valid
+
     def losses(self, grid: DenseGrid, prediction: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The loss terms and metrics of a prediction (see the module docstring); float32 at least."""
         dtype = torch.promote_types(prediction.dtype, torch.float32)
         prediction, target = prediction.to(dtype), grid.values.to(dtype)
         alpha = target[:, 3]
-        p = self.encoder.patch_size
-        masked_cells = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).repeat_interleave(p, 3)
-        masked_cells = masked_cells[:, :alpha.shape[1], :alpha.shape[2], :alpha.shape[3]] & grid.valid
+        masked_cells = self.masked_cells(grid, mask)
         colored = (alpha > self.alpha_threshold) & grid.valid
         rgb_error = (prediction[:, :3] - target[:, :3]).square().sum(dim=1)  # (B, X, Y, Z), summed over R, G, B
         colored_count = colored.sum().clamp_min(1)

@@ -163,3 +163,40 @@ def composite(ray_index: Tensor, alpha: Tensor, colors: Tensor, num_rays: int,
     opacity = alpha.new_zeros(num_rays).index_add(0, ray_index, weights)
     background = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
     return rgb + (1.0 - opacity)[:, None] * background, opacity, weights
+
+
+@torch.no_grad()
+def render_alpha_grid(values: Tensor, box: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int,
+                      step: float = 0.5, background: Tensor | float = 0.0, chunk_rays: int = 16384) -> Tensor:
+    """Pictures of a stored grid of colour and per-cell opacity (what ``pc3d prep grid`` writes).
+
+    Args:
+        values: ``(4, X, Y, Z)`` R, G, B in [0, 1] and alpha, the opacity of one cell's length.
+        box: ``(2, 3)`` the grid's box.
+        viewmats: ``(V, 4, 4)`` world-to-camera (OpenCV axes); Ks: ``(V, 3, 3)`` pinhole intrinsics.
+        step: sample spacing in cells (of the smallest cell edge); each sample's opacity is the cell's
+            scaled to the step, ``1 - (1 - alpha)^step``, so the picture does not depend on it.
+        background: ``(3,)`` or a scalar.
+        chunk_rays: rays rendered at once (bounds the packed samples held in memory).
+    Returns:
+        ``(V, H, W, 3)`` in the dtype of ``values``.
+    """
+    values, box = values.float(), box.to(values.device).float()
+    cell = float(((box[1] - box[0]) / torch.tensor(values.shape[1:], device=values.device)).min())
+    v, u = torch.meshgrid(torch.arange(height, device=values.device), torch.arange(width, device=values.device),
+                          indexing="ij")
+    pixels = torch.stack([u + 0.5, v + 0.5, torch.ones_like(u, dtype=torch.float32)], dim=-1).reshape(-1, 3).float()
+    pictures = []
+    for viewmat, K in zip(viewmats.to(values).float(), Ks.to(values).float()):
+        rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
+        directions = torch.nn.functional.normalize((pixels @ torch.linalg.inv(K).T) @ rotation, dim=-1)
+        origin = -rotation.T @ translation
+        rgb = []
+        for start in range(0, len(directions), chunk_rays):
+            rays = directions[start:start + chunk_rays]
+            samples = march_rays(origin.expand_as(rays), rays, box, step * cell)
+            sampled = sample_grid(values, samples.points, box)
+            alpha = 1.0 - (1.0 - sampled[:, 3].clamp(0.0, 1.0 - 1e-6)) ** step
+            rgb.append(composite(samples.ray_index, alpha, sampled[:, :3].clamp(0.0, 1.0), len(rays), background)[0])
+        pictures.append(torch.cat(rgb).reshape(height, width, 3))
+    return torch.stack(pictures)
