@@ -3,8 +3,12 @@
     python bench/ops.py [--repeats 5] [--threads 2] [--sizes small,large] [--ops fps,knn,chamfer]
 
 Cases (k = 32 neighbours):
-  small: B=32, N=1024 points, 64 centres   (Point-MAE grouping, every training step)
-  large: B=8,  N=8192 points, 512 centres
+  small:  B=32, N=1024 points, 64 centres   (Point-MAE grouping, every training step)
+  medium: B=8,  N=2048 points, 128 centres  (where knn's auto switches to the KD-tree on CPU)
+  large:  B=8,  N=8192 points, 512 centres
+
+"pc3d (auto)" is what pc3d code gets (knn: the brute force below 2,048 points per cloud on CPU, the
+KD-tree from there); "pc3d (torch)" forces the pure-torch path.
 
 FPS samples the centres; kNN searches the k nearest of each centre; Chamfer-L2 is
 forward + backward between two (B, N, 3) clouds. Peers are timed when importable:
@@ -36,6 +40,7 @@ from bench.machine import cpu_name, peak_rss_mib  # noqa: E402
 
 SIZES = {
     "small": {"batch": 32, "points": 1024, "centres": 64, "k": 32},
+    "medium": {"batch": 8, "points": 2048, "centres": 128, "k": 32},
     "large": {"batch": 8, "points": 8192, "centres": 512, "k": 32},
 }
 
@@ -85,6 +90,11 @@ def _fps_torch_cluster(size, x):
 def _knn_pc3d(size, x):
     from pc3d.ops import knn
     return lambda: knn(x["centres"], x["points"], size["k"], backend="torch")
+
+
+def _knn_pc3d_auto(size, x):
+    from pc3d.ops import knn
+    return lambda: knn(x["centres"], x["points"], size["k"])
 
 
 def _knn_naive(size, x):
@@ -163,7 +173,8 @@ def _chamfer_pytorch3d(size, x):
 IMPLEMENTATIONS = {
     "fps": [("pc3d (torch)", None, _fps_pc3d), ("naive torch loop", None, _fps_naive),
             ("pytorch3d", "pytorch3d", _fps_pytorch3d), ("torch-cluster", "torch_cluster", _fps_torch_cluster)],
-    "knn": [("pc3d (torch)", None, _knn_pc3d), ("naive cdist+topk", None, _knn_naive),
+    "knn": [("pc3d (auto)", None, _knn_pc3d_auto), ("pc3d (torch)", None, _knn_pc3d),
+            ("naive cdist+topk", None, _knn_naive),
             ("scipy cKDTree (workers=-1)", "scipy", _knn_scipy), ("open3d KDTreeFlann", "open3d", _knn_open3d),
             ("pytorch3d", "pytorch3d", _knn_pytorch3d), ("torch-cluster", "torch_cluster", _knn_torch_cluster)],
     "chamfer": [("pc3d (torch)", None, _chamfer_pc3d), ("naive cdist", None, _chamfer_naive),

@@ -335,7 +335,7 @@ def test_knn_b32_n8192_blocks_stay_under_budget(monkeypatch):
                         lambda qa, pa: shapes.append((qa.shape[0], qa.shape[1], pa.shape[2])) or real(qa, pa))
     p = torch.rand(32, 8192, 3)
     centres = p[:, :64]
-    _, idx = knn(centres, p, 32, chunk_floats=1 << 22)
+    _, idx = knn(centres, p, 32, backend="torch", chunk_floats=1 << 22)
     assert torch.equal(idx[..., 0], torch.arange(64).expand(32, 64))
     assert len(shapes) == 4 and max(b * m * n for b, m, n in shapes) <= 1 << 22
     # the plan of a full self-kNN (never run here): covers every row once, within budget
@@ -424,6 +424,29 @@ def test_env_var_routes_knn_to_scipy_with_same_result(monkeypatch):
         monkeypatch.delenv(backends.ENV_VAR)
         assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
     assert len(calls) == 2
+
+
+def test_auto_knn_on_big_cpu_clouds_is_the_kd_tree_with_the_torch_answer(monkeypatch):
+    """From KD_TREE_MIN_POINTS points per cloud, auto on CPU goes through scipy: the same indices (ties by index,
+    duplicates included) and distances as the brute force; smaller clouds and PC3D_OPS_BACKEND stay as asked."""
+    calls = []
+    real = neighbors._knn_scipy_idx
+    monkeypatch.setattr(neighbors, "_knn_scipy_idx", lambda *a: calls.append(a[1].shape) or real(*a))
+    generator = torch.Generator().manual_seed(4)
+    big = torch.rand(3, neighbors.KD_TREE_MIN_POINTS, 3, generator=generator)
+    big[:, 100:140] = big[:, 60:100]  # exact duplicates: tied distances
+    query = torch.cat([big[:, 50:110], torch.rand(3, 40, 3, generator=generator)], dim=1).requires_grad_()
+    for k in (1, 16, 45):
+        dist2, idx = knn(query, big, k)
+        want_dist2, want_idx = knn(query, big, k, backend="torch")
+        assert torch.equal(idx, want_idx) and torch.equal(dist2, want_dist2), k
+    assert len(calls) == 3
+    dist2.sum().backward()  # the distances stay differentiable
+    assert query.grad is not None and query.grad.abs().sum() > 0
+    knn(query.detach(), big[:, :neighbors.KD_TREE_MIN_POINTS - 1], 8)
+    monkeypatch.setenv(backends.ENV_VAR, "torch")
+    knn(query.detach(), big, 8)
+    assert len(calls) == 3  # a smaller cloud, and the variable, kept the torch path
 
 
 def test_uninstalled_backend_raises_config_error(monkeypatch):

@@ -115,8 +115,7 @@ def gaussians_from_points(points: np.ndarray, colors: np.ndarray, scale_factor: 
     if not scale_factor > 0 or not 0 < opacity < 1:
         raise ConfigError(f"scale_factor must be > 0 and opacity in (0, 1), got {scale_factor}, {opacity}")
     tensor = torch.from_numpy(points)[None]
-    # a whole scan is ~10^5 points: the KD-tree is ~70x faster than brute force there, and exact like it
-    dist2, _ = knn(tensor, tensor, min(4, len(points)), backend="scipy")
+    dist2, _ = knn(tensor, tensor, min(4, len(points)))  # a whole scan goes to the KD-tree (auto, CPU)
     spacing = dist2[0, :, 1:].mean(dim=-1).sqrt().clamp_min(1e-6).numpy()
     count = len(points)
     return GaussianCloud(

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterator
 
 import torch
 
 from pc3d.ops._checks import check_count, check_pair, without_autocast
-from pc3d.ops.backends import resolve_checked
+from pc3d.ops.backends import ENV_VAR, resolve_checked
 
 #: Largest number of distance-matrix entries alive at once (per op call).
 CHUNK_FLOATS = 1 << 25
+#: Points per cloud from which ``knn(backend="auto")`` on CPU uses the KD-tree (see :func:`knn`).
+KD_TREE_MIN_POINTS = 2048
 
 
 def gather_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -80,11 +83,14 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, backend: str = "auto"
     So indices equal a brute-force search (stable sort of exact distances), except
     that ties straddling the candidate cut can pick any of the tied points.
     Under a reduced float32 matmul precision (TF32/bf16) the exact form is used
-    throughout.
+    throughout. ``backend="auto"`` on CPU sends clouds of :data:`KD_TREE_MIN_POINTS` points or more
+    to scipy's KD-tree, re-ranked by the same exact distances (the same indices, faster there).
     """
     check_pair("query", query, "points", points)
     k = check_count("k", k, "points", points)
     name = resolve_checked(backend, "knn", points, _knn_agrees)
+    if name == "torch" and backend == "auto" and _kd_tree_is_faster(points):
+        name = "scipy"
     if name == "torch":
         idx = _knn_torch_idx(query, points, k, chunk_floats or CHUNK_FLOATS)
     elif name == "pytorch3d":
@@ -432,17 +438,32 @@ def _knn_torch_cluster_idx(query: torch.Tensor, points: torch.Tensor, k: int) ->
     return col - (torch.arange(batch, device=device) * n).view(batch, 1, 1)
 
 
+def _kd_tree_is_faster(points: torch.Tensor) -> bool:
+    """``backend="auto"`` on CPU: clouds of :data:`KD_TREE_MIN_POINTS` points or more go to scipy's KD-tree
+    (bench/ops.py: 3x faster at 8 x 512 queries into 8,192; slower on small clouds, whose tree building
+    dominates), unless ``PC3D_OPS_BACKEND`` names a backend."""
+    return (points.device.type == "cpu" and points.shape[1] >= KD_TREE_MIN_POINTS
+            and not os.environ.get(ENV_VAR, "").strip())
+
+
 def _knn_scipy_idx(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """The brute-force answer through cKDTree: ``k + 4`` candidates in float64, re-ranked by the exact
+    distance in the inputs' dtype (ties by index), so the k chosen are those the torch path chooses."""
     import numpy as np
     from scipy.spatial import cKDTree
 
     q = query.detach().to("cpu", torch.float64).numpy()
     p = points.detach().to("cpu", torch.float64).numpy()
-    out = np.empty(q.shape[:2] + (k,), dtype=np.int64)
+    wide = min(points.shape[1], k + 4)
+    out = np.empty(q.shape[:2] + (wide,), dtype=np.int64)
     for b in range(q.shape[0]):
-        _, idx = cKDTree(p[b]).query(q[b], k=k, workers=-1)
-        out[b] = np.asarray(idx).reshape(q.shape[1], k)
-    return torch.from_numpy(out).to(query.device)
+        _, idx = cKDTree(p[b]).query(q[b], k=wide, workers=-1)
+        out[b] = np.sort(np.asarray(idx).reshape(q.shape[1], wide), axis=-1)
+    candidates = torch.from_numpy(out).to(query.device)
+    work = _work_dtype(points.dtype)
+    dist2 = sqdist_pairs(query.detach().to(work).unsqueeze(2), gather_points(points.detach().to(work), candidates))
+    order = dist2.sort(dim=-1, stable=True)[1][..., :k]
+    return candidates.gather(-1, order)
 
 
 def _ball_query_pytorch3d(query: torch.Tensor, points: torch.Tensor, radius: float, k: int) -> torch.Tensor:
