@@ -43,6 +43,17 @@ def test_msm_scannet_holds_its_settings_and_runs(tmp_path):
                  "trainer.batch_size=2", "trainer.precision=fp32", "data.crop_points=4000",
                  "encoder.channels=[8,16,16,16,16]", "encoder.dec_channels=[16,16,16,16]", "encoder.blocks=[1,1,1,1,1]",
                  "encoder.dec_blocks=[1,1,1,1]", "encoder.voxel_size=0.08", "encoder.stem_kernel=3",
-                 "encoder.window_size=64", "encoder.head_dim=8", f"out_dir={run}"]) == 0
+                 "encoder.window_size=64", "encoder.head_dim=8", "trainer.artifact_every=1", f"out_dir={run}"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 1 and np.isfinite(metrics["final_loss"])
+    from PIL import Image
+
+    # the artifact: per camera, the masked (orange) and visible (blue) voxels, then student and teacher features
+    with Image.open(run / "artifacts" / "features_00000001.png") as picture:
+        pixels = np.asarray(picture, dtype=np.float32) / 255
+    assert pixels.shape == (480, 720, 3)
+    mask_panel = pixels[:240, :240].reshape(-1, 3)
+    orange = (np.abs(mask_panel - [1.0, 0.55, 0.1]).max(axis=1) < 0.1).mean()
+    blue = (np.abs(mask_panel - [0.25, 0.55, 1.0]).max(axis=1) < 0.1).mean()
+    assert orange > 0.01 and blue > 0.01, (orange, blue)
+    assert pixels[:240, 240:].reshape(-1, 3).std(axis=0).min() > 0.02  # PCA colours, not one colour

@@ -13,8 +13,8 @@ from pc3d.cli import main
 from pc3d.data.io import read_ply, write_point_ply
 from pc3d.encoders import PointViT
 from pc3d.encoders.base import FeatureLevel
-from pc3d.data.scene_views import orbit_cameras, render_points
-from pc3d.eval.viz import encoder_point_features, features_at_points, pca_colors
+from pc3d.data.pictures import orbit_cameras, pca_colors, render_points
+from pc3d.eval.viz import encoder_point_features, features_at_points
 from pc3d.hub import encoder_or_random
 from pc3d.methods.point_mae import (INPUT_COLOR, MASKED_COLOR, VISIBLE_COLOR, PointMAE, Reconstruction,
                                     reconstruction_picture)
@@ -253,7 +253,7 @@ def test_viz_grid_draws_a_grid_and_a_nerf_mae_reconstruction(tmp_path, capsys):
     assert main(["prep", "grid", f"src={tmp_path / 'src'}", f"dst={grids}", "density=alpha"]) == 0
     assert main(["pretrain", "method=nerf_mae", "encoder=swin3d_cpu", "data=grids", f"data.root={grids}",
                  "trainer=nerf_mae", "trainer.max_steps=2", "trainer.batch_size=1", "method.grid_size=null",
-                 f"out_dir={run}"]) == 0
+                 "trainer.artifact_every=2", f"out_dir={run}"]) == 0
     common = ["viz", "grid", f"scene={tmp_path / 'src' / 'ball.npz'}", "viz.views=2", "viz.width=48",
               "viz.height=40"]
     from PIL import Image
@@ -273,6 +273,10 @@ def test_viz_grid_draws_a_grid_and_a_nerf_mae_reconstruction(tmp_path, capsys):
     assert panels.shape == (80, 144, 3)
     np.testing.assert_allclose(panels[:, :48], alone, atol=1 / 255)  # first panel: the grid itself
     assert np.abs(panels[:, 48:96] - alone).max() > 0.1  # masked cells are emptied
+    # the pretraining's artifact: the same three panels of its training grid (augmented), two cameras
+    with Image.open(run / "artifacts" / "grid_00000002.png") as artifact:
+        drawn = np.asarray(artifact, dtype=np.float32) / 255
+    assert drawn.shape == (400, 600, 3) and drawn[:, :200].max() > 0.3 and drawn[0, 0].max() < 0.02
     for bad, message in ((["checkpoint=random"], "checkpoint=random"), ([f"checkpoint={tmp_path / 'alone'}"],
                                                                         "alone")):
         capsys.readouterr()

@@ -63,8 +63,8 @@ from pc3d.ops.neighbors import knn
 from pc3d.ops.rasterize import rasterize_gaussians, rgb_to_sh
 
 __all__ = ["SceneViews", "ViewedScene", "ViewedSceneData", "ViewedSceneDataset", "gaussians_from_points",
-           "look_at", "moved_cameras", "orbit_cameras", "posed_views", "render_points", "render_views", "room_cameras",
-           "room_views", "room_views_data", "scan_views_data", "scanned_scene"]
+           "look_at", "moved_cameras", "posed_views", "render_views", "room_cameras", "room_views", "room_views_data",
+           "scan_views_data", "scanned_scene"]
 
 
 @dataclass
@@ -167,39 +167,6 @@ def render_views(gaussians: GaussianCloud, viewmats: np.ndarray, Ks: np.ndarray,
     return SceneViews(images=out.rgb.clamp(0, 1).numpy().astype(np.float32),
                       depth=out.expected_depth[..., 0].numpy().astype(np.float32),
                       viewmats=np.asarray(viewmats, np.float32), Ks=np.asarray(Ks, np.float32))
-
-
-def orbit_cameras(points: np.ndarray, count: int, width: int, height: int, fov: float = 60.0,
-                  elevation: float = 45.0) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` cameras around ``points (N, 3)``, ``elevation`` degrees above the horizon (z up), at azimuths
-    ``45 + 360 k / count`` degrees, far enough that the sphere around the box centre holding every point fits
-    the frame: ``viewmats (V, 4, 4)``
-    world-to-camera, ``Ks (V, 3, 3)`` (horizontal field of view ``fov`` degrees)."""
-    center = (points.min(axis=0) + points.max(axis=0)) / 2
-    radius = max(float(np.linalg.norm(points - center, axis=1).max()), 1e-6)
-    half = math.radians(fov) / 2
-    narrowest = min(half, math.atan(math.tan(half) * height / width))
-    distance = radius / math.sin(narrowest)
-    focal = 0.5 * width / math.tan(half)
-    K = np.array([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
-    up = math.radians(elevation)
-    viewmats = []
-    for k in range(count):
-        azimuth = math.radians(45.0 + 360.0 * k / count)
-        direction = np.array([math.cos(up) * math.cos(azimuth), math.cos(up) * math.sin(azimuth), math.sin(up)])
-        viewmats.append(look_at(center + distance * direction, center))
-    return np.stack(viewmats).astype(np.float32), np.tile(K, (count, 1, 1)).astype(np.float32)
-
-
-def render_points(points: np.ndarray, colors: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, width: int,
-                  height: int, point_size: float = 1.0, radius: float | None = None) -> np.ndarray:
-    """``(V, H, W, 3)`` float32 pictures of ``points (N, 3)`` in ``colors (N, 3)``: each point a Gaussian of
-    ``point_size`` times its mean distance to 3 neighbours (or of standard deviation ``radius`` for every
-    point, so that clouds of other densities are drawn alike), through the rasterizer, black background."""
-    cloud = gaussians_from_points(points, colors, scale_factor=point_size, opacity=0.99)
-    if radius is not None:
-        cloud.log_scales[:] = np.float32(math.log(radius))
-    return render_views(cloud, viewmats, Ks, width, height).images
 
 
 def moved_cameras(viewmats: np.ndarray, rotation: np.ndarray, scale: float) -> np.ndarray:

@@ -42,16 +42,15 @@ from torch import Tensor
 
 from pc3d.data.io import read_points, write_point_ply
 from pc3d.data.radiance_grid import DENSITY_CONVENTIONS, read_radiance_grid
-from pc3d.data.scene_views import orbit_cameras, render_points
+from pc3d.data.pictures import orbit_cameras, pca_colors, render_points
 from pc3d.data.transforms import normalize_unit_sphere, random_subsample
 from pc3d.encoders.base import Encoder, FeatureLevel
 from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
 from pc3d.eval.scene_probe import sample_level
-from pc3d.methods.nerf_mae import NeRFMAE
+from pc3d.methods.nerf_mae import NeRFMAE, grid_picture
 from pc3d.methods.point_mae import PointMAE, reconstruction_panels, reconstruction_picture
 from pc3d.ops.neighbors import knn
-from pc3d.ops.volume_render import render_alpha_grid
 from pc3d.utils.atomic import atomic_write_png
 from pc3d.utils.config import Setting, check_settings
 from pc3d.utils.device import move_to
@@ -74,27 +73,6 @@ def features_at_points(level: FeatureLevel, points: Tensor, voxel_size: float | 
     features, coords, _ = level.flatten()
     _, nearest = knn(points[None].to(coords), coords[None], 1)
     return features[nearest[0, :, 0]]
-
-
-def pca_colors(features: Tensor, sample_rows: int = 20000, seed: int = 0) -> np.ndarray:
-    """``(N, 3)`` float32 RGB in [0, 1] from ``features (N, C)`` (see the module docstring); a component
-    the features do not vary along is 0.5."""
-    x = features.detach().to(torch.float64).cpu()
-    generator = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(len(x), generator=generator)[:sample_rows]
-    mean = x[rows].mean(dim=0)
-    _, _, vh = torch.linalg.svd(x[rows] - mean, full_matrices=False)
-    directions = vh[:3]
-    flip = torch.sign(directions.gather(1, directions.abs().argmax(dim=1, keepdim=True)))
-    projected = (x - mean) @ (directions * flip).T
-    low = torch.quantile(projected[rows], 0.01, dim=0)
-    high = torch.quantile(projected[rows], 0.99, dim=0)
-    span = high - low
-    rgb = torch.full((len(x), 3), 0.5, dtype=torch.float64)
-    varies = span > 1e-12 * max(1.0, float(projected.abs().max()))
-    width = directions.shape[0]
-    rgb[:, :width][:, varies] = ((projected[:, varies] - low[varies]) / span[varies]).clamp(0.0, 1.0)
-    return rgb.numpy().astype(np.float32)
 
 
 @torch.no_grad()
@@ -212,41 +190,36 @@ def _viz_grid(cfg, settings: dict[str, Any]) -> dict[str, Any]:
 
     grid = read_radiance_grid(Path(str(cfg.scene)), settings["density"])
     values = torch.from_numpy(np.ascontiguousarray(grid.rgb_alpha().transpose(3, 0, 1, 2), dtype=np.float32))
-    panels, metrics = [values], {"shape": list(grid.shape)}
+    metrics: dict[str, Any] = {"shape": list(grid.shape)}
     model = None
-    if str(cfg.checkpoint) not in ("null", "None", "random"):
+    if str(cfg.checkpoint) == "random":
+        raise ConfigError("checkpoint=random: viz grid draws a grid alone (checkpoint=null) or a trained NeRF-MAE "
+                          "model's reconstruction of it")
+    if str(cfg.checkpoint) not in ("null", "None"):
         model = load_pretraining_model(str(cfg.checkpoint))
         if not isinstance(model, NeRFMAE):
             raise ConfigError(f"checkpoint={cfg.checkpoint}: holds a {type(model).__name__} model; viz grid draws "
                               "NeRF-MAE's reconstructions")
-    elif str(cfg.checkpoint) == "random":
-        raise ConfigError("checkpoint=random: viz grid draws a grid alone (checkpoint=null) or a trained NeRF-MAE "
-                          "model's reconstruction of it")
     device = resolve_device(str(cfg.device))
     state = check_run(cfg, resumable=False)
+    hidden = prediction = None
     if model is not None:
         model = model.to(device).eval()
         padded = model.pad_grid(model.batch_grid({"grid": radiance_grid_sample(grid)["grid"][None].to(device)}))
         mask = model.token_mask(torch.tensor([int(cfg.seed)]), padded.shape, device)
-        prediction = model.predict(padded, mask)
-        losses = model.losses(padded, prediction, mask)
+        output = model.predict(padded, mask)
+        losses = model.losses(padded, output, mask)
         x, y, z = grid.shape
         hidden = model.masked_cells(padded, mask)[0, :x, :y, :z].cpu()
-        reconstruction = torch.cat([prediction[0, :3, :x, :y, :z].clamp(0, 1),
-                                    torch.sigmoid(prediction[0, 3:, :x, :y, :z])]).float().cpu()
-        panels += [values * ~hidden, reconstruction]
+        prediction = output[0, :, :x, :y, :z].float().cpu()
         metrics.update(psnr=float(losses["psnr"]), psnr_masked=float(losses["psnr_masked"]),
                        masked_fraction=float(losses["masked_fraction"]))
-    corners = np.array(np.meshgrid(*grid.box.T, indexing="ij")).reshape(3, -1).T
-    width, height = settings["width"], settings["height"]
-    viewmats, Ks = orbit_cameras(corners, settings["views"], width, height, settings["fov"], settings["elevation"])
-    box = torch.from_numpy(grid.box.astype(np.float32))
-    drawn = [render_alpha_grid(panel, box, torch.from_numpy(viewmats), torch.from_numpy(Ks), width, height).numpy()
-             for panel in panels]
-    picture = np.concatenate([np.concatenate([d[v] for d in drawn], axis=1) for v in range(len(viewmats))], axis=0)
+    picture = grid_picture(values, torch.from_numpy(grid.box.astype(np.float32)), hidden, prediction,
+                           settings["views"], settings["width"], settings["height"], settings["fov"],
+                           settings["elevation"])
     out = start_run(cfg, state, resumable=False)
     atomic_write_png(out / "grid.png", picture)
-    metrics["views"] = len(viewmats)
+    metrics["views"] = settings["views"]
     finish_run(out, metrics)
     shown = f"PSNR {metrics['psnr']:.2f} dB, masked {metrics['psnr_masked']:.2f} dB" if model else "the grid"
     report(f"viz grid ({'x'.join(map(str, grid.shape))} cells, {shown}): grid.png → {out}")

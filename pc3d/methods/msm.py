@@ -41,18 +41,22 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pc3d.data.pictures import orbit_cameras, pca_colors, render_points
 from pc3d.data.scene_data import SceneData
 from pc3d.encoders.base import FeatureLevel
 from pc3d.encoders.sparse_unet import SparseUNet
 from pc3d.errors import ConfigError
 from pc3d.methods.base import PretrainingMethod
 from pc3d.ops.sparse_conv import COORD_BITS, SparseVoxels, voxel_keys
+from pc3d.utils.atomic import atomic_write_png, make_dirs
 
 LOSSES = ("cosine", "smooth_l1")
 TARGET_NORMS = ("none", "instance")
@@ -171,6 +175,7 @@ class MaskedSceneModeling(PretrainingMethod):
         self.mask_token = nn.Parameter(torch.zeros(width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.predictors = nn.ModuleList(nn.Linear(c, c) for c in encoder.level_channels)
+        self._shown: dict[str, Tensor] | None = None  # the last batch's first sample, for log_artifacts
 
     input_kinds = ("voxels",)
 
@@ -230,4 +235,40 @@ class MaskedSceneModeling(PretrainingMethod):
                 total = total + self.level_weights[i] * (self.variance_weight * variance
                                                          + self.covariance_weight * covariance)
         out["loss"] = total
+        self._shown = {"voxels": student_in.coords[student_in.coords[:, 0] == 0, 1:].detach(),
+                       "masked": mask[student_in.coords[:, 0] == 0].detach(),
+                       **{f"{name}_{key}": value for name, output in (("student", student), ("teacher", teacher))
+                          for key, value in zip(("features", "coords"), _first_sample(output.levels[0]))}}
         return out
+
+    def log_artifacts(self, step: int, out_dir: Path, writer: Any) -> None:
+        """``features_STEP.png``: the last training batch's first sample from two cameras; left to right, the
+        student's view with its masked voxels (orange) and visible ones (blue), the PCA colours of the
+        student's finest-level features there, and of the teacher's on the other view."""
+        if self._shown is None:
+            return
+        shown = {key: value.float().cpu() if value.is_floating_point() else value.cpu()
+                 for key, value in self._shown.items()}
+        size = float(self.encoder.spec.voxel_size)
+        voxels = ((shown["voxels"].float() + 0.5) * size).numpy()
+        masked = shown["masked"].numpy()[:, None]
+        mask_colors = np.where(masked, np.float32([1.0, 0.55, 0.1]), np.float32([0.25, 0.55, 1.0]))
+        panels = [(voxels, mask_colors)]
+        for name in ("student", "teacher"):
+            panels.append((shown[f"{name}_coords"].numpy(), pca_colors(shown[f"{name}_features"])))
+        rows = []
+        for points, colors in panels:
+            viewmats, Ks = orbit_cameras(points, 2, 240, 240)
+            rows.append(render_points(points, colors, viewmats, Ks, 240, 240, radius=size))
+        picture = np.concatenate([np.concatenate([panel[v] for panel in rows], axis=1) for v in range(2)], axis=0)
+        make_dirs(out_dir)
+        atomic_write_png(out_dir / f"features_{step:08d}.png", picture)
+        if writer is not None:
+            writer.add_image("msm/features", picture, step, dataformats="HWC")
+
+
+def _first_sample(level: FeatureLevel) -> tuple[Tensor, Tensor]:
+    """``features (T, C)`` and ``coords (T, 3)`` of sample 0 of a level, detached."""
+    features, coords, batch_index = level.flatten()
+    keep = batch_index == 0
+    return features[keep].detach(), coords[keep].detach()

@@ -41,17 +41,22 @@ Departures (documented, deliberate):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pc3d.data.pictures import orbit_cameras
 from pc3d.encoders.inputs import EncoderInputDataset
 from pc3d.encoders.swin3d import Swin3D
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.methods.base import PretrainingMethod
 from pc3d.ops.dense_grid import DenseGrid
+from pc3d.ops.volume_render import render_alpha_grid
+from pc3d.utils.atomic import atomic_write_png, make_dirs
 
 
 def cube_token_mask(sample_seeds: Tensor, token_shape: Sequence[int], unit: int, ratio: float,
@@ -175,6 +180,7 @@ class NeRFMAE(PretrainingMethod):
         self.mask_token = nn.Parameter(torch.zeros(encoder.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)
         self.decoder = NeRFMAEDecoder(encoder.level_channels, encoder.patch_size, encoder.in_channels)
+        self._shown: dict[str, Tensor] | None = None  # the last batch's first grid, for log_artifacts
 
     input_kinds = ("grid",)
     no_weight_decay_names = ("mask_token",)
@@ -273,4 +279,44 @@ class NeRFMAE(PretrainingMethod):
         if seeds is None:
             seeds = torch.randint(0, 2 ** 62, (grid.values.shape[0],))
         mask = self.token_mask(seeds, grid.shape, grid.values.device)
-        return self.losses(grid, self.predict(grid, mask), mask)
+        prediction = self.predict(grid, mask)
+        self._shown = {"grid": grid.values[0].detach(), "valid": grid.valid[0].detach(),
+                       "hidden": self.masked_cells(grid, mask)[0].detach(), "prediction": prediction[0].detach()}
+        return self.losses(grid, prediction, mask)
+
+    def log_artifacts(self, step: int, out_dir: Path, writer: Any) -> None:
+        """``grid_STEP.png``: the last training batch's first grid volume-rendered from two cameras; left to
+        right, the grid, the grid with its masked cells emptied, the reconstruction (what ``pc3d viz grid``
+        draws). Also to TensorBoard."""
+        if self._shown is None:
+            return
+        shown = {key: value.float().cpu() if value.is_floating_point() else value.cpu()
+                 for key, value in self._shown.items()}
+        valid = shown["valid"].nonzero()
+        high = (valid.max(dim=0).values + 1).tolist() if len(valid) else list(shown["valid"].shape)
+        crop = (slice(None), slice(0, high[0]), slice(0, high[1]), slice(0, high[2]))
+        grid, hidden = shown["grid"][crop], shown["hidden"][crop[1:]]
+        prediction = shown["prediction"][crop]
+        box = torch.tensor([[0.0, 0.0, 0.0], [float(h) for h in high]])
+        picture = grid_picture(grid, box, hidden, prediction, views=2, width=200, height=200)
+        make_dirs(out_dir)
+        atomic_write_png(out_dir / f"grid_{step:08d}.png", picture)
+        if writer is not None:
+            writer.add_image("nerf_mae/reconstruction", picture, step, dataformats="HWC")
+
+
+def grid_picture(grid: Tensor, box: Tensor, hidden: Tensor | None = None, prediction: Tensor | None = None,
+                 views: int = 2, width: int = 200, height: int = 200, fov: float = 60.0, elevation: float = 45.0
+                 ) -> np.ndarray:
+    """``(views·height, P·width, 3)`` float32: ``grid (4, X, Y, Z)`` (R, G, B, alpha over ``box (2, 3)``)
+    volume-rendered (:func:`~pc3d.ops.volume_render.render_alpha_grid`) from ``views`` orbit cameras; with
+    ``hidden (X, Y, Z)`` bool and ``prediction (4, X, Y, Z)`` (R, G, B, alpha logit, the decoder's output)
+    also the grid with the hidden cells emptied and the reconstruction (``P = 3``, else ``1``)."""
+    panels = [grid]
+    if hidden is not None and prediction is not None:
+        panels += [grid * ~hidden, torch.cat([prediction[:3].clamp(0, 1), torch.sigmoid(prediction[3:])])]
+    corners = np.array(np.meshgrid(*box.numpy().T, indexing="ij")).reshape(3, -1).T
+    viewmats, Ks = orbit_cameras(corners, views, width, height, fov, elevation)
+    drawn = [render_alpha_grid(panel.float(), box, torch.from_numpy(viewmats), torch.from_numpy(Ks), width,
+                               height).numpy() for panel in panels]
+    return np.concatenate([np.concatenate([d[v] for d in drawn], axis=1) for v in range(views)], axis=0)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pc3d.data.scene_views import orbit_cameras, render_points
+from pc3d.data.pictures import orbit_cameras, render_points
 from pc3d.encoders.layers import PositionalBlocks, positional_mlp
 from pc3d.encoders.point_vit import PointViT
 from pc3d.errors import ConfigError
