@@ -19,6 +19,7 @@ from pc3d.encoders import PointViT
 from pc3d.encoders.inputs import EncoderInputDataset
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.methods import Gaussian2Scene, PointImageMAE
+from test_gaussian2scene import _fit  # the one Adam-fit helper of the Gaussian2Scene tests
 
 WIDTH, HEIGHT = 80, 60
 SMALL_VIT = dict(embed_dim=32, depth=2, num_heads=2, num_groups=64, group_size=16, drop_path_rate=0.0)
@@ -110,18 +111,6 @@ def test_scan_views_refuse_bad_settings(tmp_path, roots):
     cloud = gaussians_from_points(np.random.default_rng(0).uniform(1, 2, (50, 3)), np.zeros((50, 3)))
     with pytest.raises(DataFormatError, match="lens distortion"):
         posed_views(posed, cloud, 32, 24)
-
-
-def _fit(model, batch, steps, lr):
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    for _ in range(steps):
-        out = model(batch)
-        optimizer.zero_grad()
-        out["loss"].backward()
-        optimizer.step()
-        history.append({k: float(v.detach()) for k, v in out.items()})
-    return history
 
 
 def _batch(scans, encoder):
