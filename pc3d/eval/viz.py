@@ -107,7 +107,7 @@ def _scene_sample(cfg, settings: dict[str, Any]) -> dict[str, Tensor]:
 
 
 def run_viz(mode: str, cfg) -> dict[str, Any]:
-    """``pc3d viz features|recon``: see the module docstring. Every value is checked before the first write."""
+    """``pc3d viz features|recon|grid``: see the module docstring. Every value is checked before the first write."""
     from pc3d.train.run import check_run_settings
 
     if mode not in VIZ_MODES:
