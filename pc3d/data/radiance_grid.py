@@ -67,16 +67,34 @@ class RadianceGrid:
         box: ``(2, 3)`` float64 ``(min, max)`` of the lattice in the scene's world frame; cell
             ``(i, j, k)`` covers ``box_min + [i, i + 1) * (box_max - box_min) / X`` along x (likewise
             y, z).
+        semantic: ``(X, Y, Z)`` int64 class of each cell (-1: none), or None (grids of scans with labels).
+        boxes: ``(K, 7)`` float32 3D boxes in the world frame (pc3d's box contract) and ``box_labels (K,)``
+            int64 their classes, or None.
     """
 
     rgb: np.ndarray
     alpha: np.ndarray
     box: np.ndarray
+    semantic: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    box_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.rgb = np.ascontiguousarray(self.rgb, dtype=np.float32)
         self.alpha = np.ascontiguousarray(self.alpha, dtype=np.float32)
         self.box = np.asarray(self.box, dtype=np.float64)
+        if self.semantic is not None:
+            self.semantic = np.ascontiguousarray(self.semantic, dtype=np.int64)
+            if self.semantic.shape != self.alpha.shape:
+                raise ValueError(f"RadianceGrid: semantic must be (X, Y, Z) {self.alpha.shape}, got "
+                                 f"{self.semantic.shape}")
+        if (self.boxes is None) != (self.box_labels is None):
+            raise ValueError("RadianceGrid: boxes and box_labels come together")
+        if self.boxes is not None:
+            self.boxes = np.ascontiguousarray(self.boxes, dtype=np.float32).reshape(-1, 7)
+            self.box_labels = np.ascontiguousarray(self.box_labels, dtype=np.int64).reshape(-1)
+            if len(self.box_labels) != len(self.boxes):
+                raise ValueError(f"RadianceGrid: {len(self.boxes)} boxes but {len(self.box_labels)} box_labels")
         if self.rgb.ndim != 4 or self.rgb.shape[3] != 3 or self.alpha.shape != self.rgb.shape[:3]:
             raise ValueError(f"RadianceGrid: expected rgb (X, Y, Z, 3) and alpha (X, Y, Z), got {self.rgb.shape} "
                              f"and {self.alpha.shape}")
@@ -98,10 +116,15 @@ class RadianceGrid:
 
 
 def write_radiance_grid(path: str | os.PathLike, grid: RadianceGrid) -> None:
-    """Write ``grid`` atomically as a NeRF-MAE ``.npz`` (``rgbsigma`` holding alpha) with ``density = "alpha"``."""
+    """Write ``grid`` atomically as a NeRF-MAE ``.npz`` (``rgbsigma`` holding alpha) with ``density = "alpha"``;
+    a grid with labels adds ``semantic (X, Y, Z)`` int16, ``boxes (K, 7)`` and ``box_labels (K,)`` (keys
+    NeRF-MAE's loader ignores)."""
     buffer = io.BytesIO()
+    labels = {} if grid.semantic is None else {"semantic": grid.semantic.astype(np.int16)}
+    if grid.boxes is not None:
+        labels.update(boxes=grid.boxes, box_labels=grid.box_labels)
     np.savez(buffer, rgbsigma=grid.rgb_alpha(), resolution=np.asarray(grid.shape, dtype=np.int64),
-             bbox_min=grid.box[0], bbox_max=grid.box[1], density=np.asarray("alpha"))
+             bbox_min=grid.box[0], bbox_max=grid.box[1], density=np.asarray("alpha"), **labels)
     with atomic_write(path) as handle:
         handle.write(buffer.getvalue())
 
@@ -177,7 +200,22 @@ def read_radiance_grid(path: str | os.PathLike, density: str | None = None) -> R
             raise _fail(path, f"bbox_max must exceed bbox_min on every axis, got {box.tolist()}")
     else:
         box = np.stack([np.zeros(3), shape])  # no box recorded: one unit per cell
-    return RadianceGrid(rgb=np.clip(rgb, 0.0, 1.0), alpha=density_to_alpha(values[..., 3], convention), box=box)
+    semantic = arrays.get("semantic")
+    if semantic is not None and (semantic.shape != values.shape[:3] or semantic.dtype.kind not in "iu"):
+        raise _fail(path, f"semantic must be integer (X, Y, Z) {list(values.shape[:3])}, got {semantic.dtype} "
+                          f"{list(semantic.shape)}")
+    boxes, box_labels = arrays.get("boxes"), arrays.get("box_labels")
+    if (boxes is None) != (box_labels is None):
+        raise _fail(path, "boxes and box_labels must both be present or both absent")
+    if boxes is not None:
+        if boxes.ndim != 2 or boxes.shape[1] != 7 or not np.isfinite(boxes).all() or (boxes[:, 3:6] < 0).any():
+            raise _fail(path, f"boxes must be finite (K, 7) [cx, cy, cz, dx, dy, dz, yaw] with sizes >= 0, got "
+                              f"{list(boxes.shape)}")
+        if box_labels.shape != (len(boxes),) or box_labels.dtype.kind not in "iu":
+            raise _fail(path, f"box_labels must be ({len(boxes)},) integers, got {box_labels.dtype} "
+                              f"{list(box_labels.shape)}")
+    return RadianceGrid(rgb=np.clip(rgb, 0.0, 1.0), alpha=density_to_alpha(values[..., 3], convention), box=box,
+                        semantic=semantic, boxes=boxes, box_labels=box_labels)
 
 
 # ----------------------------------------------------------------------------- prepared grid folders
