@@ -25,12 +25,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pc3d.data.detection_scenes import SCANNET_CLASSES, SUNRGBD_CLASSES, read_scannet_scene, read_sunrgbd_frame
 from pc3d.data.io import read_array
 from pc3d.data.radiance_grid import RadianceGrid
 from pc3d.data.scenes import SCANNET20_CLASSES, nyu40_to_scannet20
 from pc3d.errors import ConfigError, DataFormatError
+from pc3d.ops.dense_grid import points_to_grid
 
 __all__ = ["SCAN_GRID_CLASSES", "scan_to_grid", "scannet_scan_grid", "sunrgbd_scan_grid"]
 
@@ -55,14 +57,14 @@ def scan_to_grid(points: np.ndarray, colors: np.ndarray, cell: float, *, labels:
     center = (low + high) / 2
     box = np.stack([center - shape * cell / 2, center + shape * cell / 2])
     index = np.clip(np.floor((points - box[0]) / cell).astype(np.int64), 0, shape - 1)
+    # the input adapter's scatter (mean per occupied cell), so a scan grid is what a grid encoder is given
+    # for the same points at this cell size; cell centres, as a point on the box's far face has no cell
+    features = np.concatenate([np.asarray(colors, np.float64), np.full((len(points), 1), occupied_alpha)], axis=1)
+    values, _ = points_to_grid(torch.from_numpy(box[0] + (index + 0.5) * cell), torch.from_numpy(features), cell,
+                               origin=torch.from_numpy(box[0]), shape=tuple(int(n) for n in shape))
+    values = values.numpy()
     flat = np.ravel_multi_index(index.T, shape)
     cells = int(np.prod(shape))
-    count = np.bincount(flat, minlength=cells)
-    rgb = np.stack([np.bincount(flat, weights=np.asarray(colors, np.float64)[:, c], minlength=cells)
-                    for c in range(3)], axis=1)
-    occupied = count > 0
-    rgb[occupied] /= count[occupied, None]
-    alpha = np.where(occupied, occupied_alpha, 0.0)
     semantic = None
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -77,7 +79,7 @@ def scan_to_grid(points: np.ndarray, colors: np.ndarray, cell: float, *, labels:
             voted = votes.sum(axis=1) > 0
             semantic[voted] = votes[voted].argmax(axis=1)  # argmax: the smallest of tied labels
         semantic = semantic.reshape(*shape)
-    return RadianceGrid(rgb=np.clip(rgb, 0.0, 1.0).reshape(*shape, 3), alpha=alpha.reshape(*shape), box=box,
+    return RadianceGrid(rgb=np.clip(values[:3].transpose(1, 2, 3, 0), 0.0, 1.0), alpha=values[3], box=box,
                         semantic=semantic, boxes=boxes, box_labels=box_labels)
 
 
