@@ -90,6 +90,15 @@ def test_prep_scan_grids_then_nerf_mae_pretrains_on_them(tmp_path, capsys):
                  "trainer.log_every=1", f"out_dir={run}"]) == 0
     lines = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(np.isfinite(line["psnr_masked"]) for line in lines)
+    # grid detection from that Swin, its cell size (no weights depend on it) set for these 10 cm scans
+    det = tmp_path / "det"
+    assert main(["detect", "train", f"checkpoint={run}", "data=scannet", f"data.root={root}", "detect.level=0",
+                 "checkpoint_overrides={voxel_size: 0.1}", "trainer.max_steps=2", "trainer.batch_size=1",
+                 f"out_dir={det}"]) == 0
+    assert json.loads((det / "metrics.json").read_text())["init"] == "pretrained"
+    import yaml
+
+    assert yaml.safe_load((det / "config.yaml").read_text())["encoder"]["voxel_size"] == 0.1
     for extra, message in ((["scan.cell=0"], "scan.cell"), (["scan.scenes=[nope]"], "nope"),
                            (["format=sunrgbd_scans"], "lidar"), (["scan.colour=1"], "scan.colour")):
         bad = tmp_path / "bad"

@@ -186,7 +186,8 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
         # patch tokens per scene are a detect setting for point-token encoders; voxel encoders keep theirs
         source = (to_plain(cfg.encoder) if str(cfg.checkpoint) == "random"
                   else encoder_config_from_checkpoint(cfg.checkpoint))
-        encoder, encoder_config, init = downstream_encoder(cfg, token_overrides(source, detect))
+        overrides = {**to_plain(cfg.get("checkpoint_overrides") or {}), **token_overrides(source, detect)}
+        encoder, encoder_config, init = downstream_encoder(cfg, overrides)
         detector = build_detector(encoder, data, detect)
         run_config = {**to_plain(cfg), "encoder": encoder_config, "init": init}
         run_state = check_run(run_config)
