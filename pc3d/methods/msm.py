@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -175,7 +176,7 @@ class MaskedSceneModeling(PretrainingMethod):
         self.mask_token = nn.Parameter(torch.zeros(width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.predictors = nn.ModuleList(nn.Linear(c, c) for c in encoder.level_channels)
-        self._shown: dict[str, Tensor] | None = None  # the last batch's first sample, for log_artifacts
+        self._shown: dict[str, Any] | None = None  # the last batch's views and levels, for log_artifacts
 
     input_kinds = ("voxels",)
 
@@ -235,10 +236,10 @@ class MaskedSceneModeling(PretrainingMethod):
                 total = total + self.level_weights[i] * (self.variance_weight * variance
                                                          + self.covariance_weight * covariance)
         out["loss"] = total
-        self._shown = {"voxels": student_in.coords[student_in.coords[:, 0] == 0, 1:].detach(),
-                       "masked": mask[student_in.coords[:, 0] == 0].detach(),
-                       **{f"{name}_{key}": value for name, output in (("student", student), ("teacher", teacher))
-                          for key, value in zip(("features", "coords"), _first_sample(output.levels[0]))}}
+        # references only: picking sample 0 (boolean indexing) would synchronise a GPU every step
+        self._shown = {"coords": student_in.coords, "mask": mask.detach(),
+                       "student": replace(student.levels[0], features=student.levels[0].features.detach()),
+                       "teacher": teacher.levels[0]}
         return out
 
     def log_artifacts(self, step: int, out_dir: Path, writer: Any) -> None:
@@ -247,15 +248,16 @@ class MaskedSceneModeling(PretrainingMethod):
         student's finest-level features there, and of the teacher's on the other view."""
         if self._shown is None:
             return
-        shown = {key: value.float().cpu() if value.is_floating_point() else value.cpu()
-                 for key, value in self._shown.items()}
+        shown = self._shown
+        first = shown["coords"][:, 0] == 0
         size = float(self.encoder.spec.voxel_size)
-        voxels = ((shown["voxels"].float() + 0.5) * size).numpy()
-        masked = shown["masked"].numpy()[:, None]
+        voxels = ((shown["coords"][first, 1:].float().cpu() + 0.5) * size).numpy()
+        masked = shown["mask"][first].cpu().numpy()[:, None]
         mask_colors = np.where(masked, np.float32([1.0, 0.55, 0.1]), np.float32([0.25, 0.55, 1.0]))
         panels = [(voxels, mask_colors)]
         for name in ("student", "teacher"):
-            panels.append((shown[f"{name}_coords"].numpy(), pca_colors(shown[f"{name}_features"])))
+            features, coords = _first_sample(shown[name])
+            panels.append((coords.float().cpu().numpy(), pca_colors(features.float().cpu())))
         rows = []
         for points, colors in panels:
             viewmats, Ks = orbit_cameras(points, 2, 240, 240)
