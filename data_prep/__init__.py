@@ -23,17 +23,23 @@ def fitter_config(kind: Callable[..., Config], values: dict[str, Any]) -> Config
     return config
 
 
+def source_and_destination(src: str, dst: str) -> tuple[Path, Path]:
+    """``src`` exists and ``dst`` is another path."""
+    src_p, dst_p = Path(src), Path(dst)
+    if not src_p.exists():
+        raise DataFormatError(f"{src_p}: source not found")
+    if src_p.resolve() == dst_p.resolve():
+        raise ConfigError(f"dst {dst} must differ from src {src}")
+    return src_p, dst_p
+
+
 def capture_source(src: str, dst: str, fmt: str, import_format: str, suffix: str) -> tuple[Path, Path, bool]:
     """Check a capture prep's ``src``, ``dst`` and ``format``; return them and whether ``src`` is to be
     imported (``format=<import_format>``, or ``auto`` with a ``*<suffix>`` file or a folder of them that
     is not a posed-image capture) rather than fitted."""
     from pc3d.data.cameras import POSED_IMAGE_FORMATS, is_posed_capture
 
-    src_p, dst_p = Path(src), Path(dst)
-    if not src_p.exists():
-        raise DataFormatError(f"{src_p}: source not found")
-    if src_p.resolve() == dst_p.resolve():
-        raise ConfigError(f"dst {dst} must differ from src {src}")
+    src_p, dst_p = source_and_destination(src, dst)
     formats = ("auto", import_format, *POSED_IMAGE_FORMATS)
     if fmt not in formats:
         raise ConfigError(f"format={fmt!r} is unknown (expected one of {', '.join(formats)})")

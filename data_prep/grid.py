@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_prep import capture_source, fitter_config
+from data_prep import capture_source, fitter_config, source_and_destination
 from pc3d.data.cameras import capture_files, read_posed_images
 from pc3d.data.folders import FolderItem
 from pc3d.data.grid_fitter import GridFitConfig, config_dict, fit_radiance_grid
@@ -105,13 +105,12 @@ def _scan_sources(src: Path, fmt: str, scan: dict[str, Any]) -> list[FolderItem]
     missing = [n for n in names if n not in found]
     if missing or not names:
         raise DataFormatError(f"{src}: no scan {missing or names} (found {sorted(found)[:10]})")
-    options = {k: settings[k] for k in ("cell", "max_cells", "occupied_alpha")}
     classes = {k: list(v) for k, v in SCAN_GRID_CLASSES[fmt].items()}
 
     def convert(name: str) -> RadianceGrid:
         if fmt == "scannet_scans":
-            return scannet_scan_grid(found[name], **options)
-        return sunrgbd_scan_grid(src, name, **options)
+            return scannet_scan_grid(found[name], **settings)
+        return sunrgbd_scan_grid(src, name, **settings)
 
     grids = {name: convert(name) for name in progress(names, desc="grid scans")}
 
@@ -134,11 +133,7 @@ def prepare_grids(src: str, dst: str, *, fmt: str = "auto", density: str | None 
     Every argument is checked before anything is written.
     """
     if fmt in SCAN_GRID_CLASSES:
-        src_p, dst_p = Path(src), Path(dst)
-        if not src_p.exists():
-            raise DataFormatError(f"{src_p}: source not found")
-        if src_p.resolve() == dst_p.resolve():
-            raise ConfigError(f"dst {dst} must differ from src {src}")
+        src_p, dst_p = source_and_destination(src, dst)
         if density is not None:
             raise ConfigError("density= applies to importing .npz grids only; a scan grid's density is alpha")
         settings = dict(scan or {})

@@ -67,6 +67,10 @@ def test_gaussians_from_points_follow_the_point_spacing_and_colours():
     assert np.allclose(1 / (1 + np.exp(-cloud.opacity_logits)), 0.95)
     with pytest.raises(ConfigError):
         gaussians_from_points(points, colors, scale_factor=0.0)
+    fixed = gaussians_from_points(points, colors, scale=0.3)  # one width for every point, whatever the spacing
+    np.testing.assert_allclose(np.exp(fixed.log_scales), 0.3, rtol=1e-6)
+    with pytest.raises(ConfigError):
+        gaussians_from_points(points, colors, scale=0.0)
 
 
 def test_room_views_see_the_room(rooms):

@@ -52,7 +52,7 @@ class DetectionScene:
     colors: np.ndarray | None = None
 
 
-def _split_points(path: Path, table: np.ndarray, color_scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+def split_points(path: Path, table: np.ndarray, color_scale: float) -> tuple[np.ndarray, np.ndarray | None]:
     """``(N, 3+C)`` xyz (+ rgb) of a file → ``points (N, 3)``, ``colors (N, 3)`` in [0, 1] (rgb / ``color_scale``)."""
     if table.ndim != 2 or table.shape[1] < 3:
         raise DataFormatError(f"{path}: expected (N, 3+C) points, got shape {table.shape}")
@@ -90,7 +90,7 @@ def read_scannet_scene(prefix: str | os.PathLike) -> DetectionScene:
     """``<prefix>_vert_all.npy`` + ``<prefix>_bbox.npy`` (e.g. ``.../scannet/scene0000_00``)."""
     prefix = Path(prefix)
     vertices = Path(f"{prefix}_vert_all.npy")
-    points, colors = _split_points(vertices, read_array(vertices), 255.0)
+    points, colors = split_points(vertices, read_array(vertices), 255.0)
     boxes, labels = read_scannet_boxes(Path(f"{prefix}_bbox.npy"))
     return DetectionScene(prefix.name, points, boxes, labels, SCANNET_CLASSES, colors)
 
@@ -141,5 +141,5 @@ def read_sunrgbd_frame(root: str | os.PathLike, frame: str, label_dir: str = "la
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataFormatError(f"{cloud}: not a readable .npz ({exc})") from exc
     boxes, labels = read_sunrgbd_labels(root / label_dir / f"{frame}.txt")
-    xyz, colors = _split_points(cloud, points, 1.0)
+    xyz, colors = split_points(cloud, points, 1.0)
     return DetectionScene(frame, xyz, boxes, labels, SUNRGBD_CLASSES, colors)

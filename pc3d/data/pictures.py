@@ -4,6 +4,7 @@ features as colours. What ``pc3d viz`` and the methods' ``log_artifacts`` pictur
 * :func:`orbit_cameras`: cameras around and above a cloud (z up), far enough that it fits the frame;
 * :func:`render_points`: each point an isotropic Gaussian (as wide as its spacing, or of one radius) drawn
   with :func:`~pc3d.ops.rasterize.rasterize_gaussians` on a black background;
+* :func:`tile_panels`: pictures of several panels from the same cameras, one row per camera;
 * :func:`pca_colors`: the first three principal components of per-point features as RGB, robustly stretched
   (directions from a seeded row sample, each component between its 1st and 99th percentile, the sign
   fixed so the largest loading is positive: the same features give the same colours every run).
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from pc3d.data.scene_views import gaussians_from_points, look_at, render_views
 
-__all__ = ["orbit_cameras", "pca_colors", "render_points"]
+__all__ = ["orbit_cameras", "pca_colors", "render_points", "tile_panels"]
 
 
 def orbit_cameras(points: np.ndarray, count: int, width: int, height: int, fov: float = 60.0,
@@ -49,9 +50,7 @@ def render_points(points: np.ndarray, colors: np.ndarray, viewmats: np.ndarray, 
     """``(V, H, W, 3)`` float32 pictures of ``points (N, 3)`` in ``colors (N, 3)``: each point a Gaussian of
     ``point_size`` times its mean distance to 3 neighbours (or of standard deviation ``radius`` for every
     point, so that clouds of other densities are drawn alike), through the rasterizer, black background."""
-    cloud = gaussians_from_points(points, colors, scale_factor=point_size, opacity=0.99)
-    if radius is not None:
-        cloud.log_scales[:] = np.float32(math.log(radius))
+    cloud = gaussians_from_points(points, colors, scale_factor=point_size, opacity=0.99, scale=radius)
     return render_views(cloud, viewmats, Ks, width, height).images
 
 
@@ -76,3 +75,9 @@ def pca_colors(features: Tensor, sample_rows: int = 20000, seed: int = 0) -> np.
     return rgb.numpy().astype(np.float32)
 
 
+
+
+def tile_panels(panels: list[np.ndarray]) -> np.ndarray:
+    """``P`` panels of ``(V, H, W, 3)`` pictures → ``(V·H, P·W, 3)``: row ``v`` holds every panel from camera ``v``."""
+    return np.concatenate([np.concatenate([panel[v] for panel in panels], axis=1) for v in range(len(panels[0]))],
+                          axis=0)

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pc3d.data.detection_scenes import SCANNET_CLASSES, SUNRGBD_CLASSES, read_scannet_scene, read_sunrgbd_frame
+from pc3d.data.detection_scenes import (SCANNET_CLASSES, SUNRGBD_CLASSES, read_scannet_boxes, read_sunrgbd_frame,
+                                        split_points)
 from pc3d.data.io import read_array
 from pc3d.data.radiance_grid import RadianceGrid
-from pc3d.data.scenes import SCANNET20_CLASSES, nyu40_to_scannet20
+from pc3d.data.scenes import SCANNET20_CLASSES, nyu40_to_scannet20, read_point_labels
 from pc3d.errors import ConfigError, DataFormatError
 from pc3d.ops.dense_grid import points_to_grid
 
@@ -88,25 +89,15 @@ def scannet_scan_grid(prefix: str | os.PathLike, cell: float, max_cells: int = 1
     """``<prefix>_vert_all.npy`` (+ ``_sem_label_all.npy``: ScanNet-20 cell classes, :data:`SCANNET20_CLASSES`;
     ``_bbox.npy``: boxes of :data:`~pc3d.data.detection_scenes.SCANNET_CLASSES`) as a grid."""
     prefix = Path(prefix)
-    scene = read_scannet_scene(prefix) if Path(f"{prefix}_bbox.npy").is_file() else None
-    if scene is None:
-        vertices = Path(f"{prefix}_vert_all.npy")
-        table = read_array(vertices)
-        if table.ndim != 2 or table.shape[1] < 6:
-            raise DataFormatError(f"{vertices}: expected (N, 6) xyz + rgb, got {table.shape}")
-        points, colors, boxes, box_labels = table[:, :3], table[:, 3:6] / 255.0, None, None
-    else:
-        points, colors, boxes, box_labels = scene.points, scene.colors, scene.boxes, scene.labels
-    if colors is None or not np.isfinite(colors).all() or colors.min() < 0 or colors.max() > 1:
-        raise DataFormatError(f"{prefix}_vert_all.npy: expected colours 0..255 in columns 4-6")
-    labels = None
+    vertices = Path(f"{prefix}_vert_all.npy")
+    points, colors = split_points(vertices, read_array(vertices), 255.0)
+    if colors is None:
+        raise DataFormatError(f"{vertices}: expected (N, 6) xyz + rgb")
+    bbox = Path(f"{prefix}_bbox.npy")
+    boxes, box_labels = read_scannet_boxes(bbox) if bbox.is_file() else (None, None)
     semantic_file = Path(f"{prefix}_sem_label_all.npy")
-    if semantic_file.is_file():
-        raw = read_array(semantic_file)
-        if raw.shape != (len(points),) or raw.dtype.kind not in "iu":
-            raise DataFormatError(f"{semantic_file}: expected ({len(points)},) integer NYU40 labels, got "
-                                  f"{raw.shape} {raw.dtype}")
-        labels = nyu40_to_scannet20(raw.astype(np.int64))
+    labels = (nyu40_to_scannet20(read_point_labels(semantic_file, len(points))) if semantic_file.is_file()
+              else None)
     return scan_to_grid(points, colors, cell, labels=labels, boxes=boxes, box_labels=box_labels,
                         max_cells=max_cells, occupied_alpha=occupied_alpha)
 

@@ -99,13 +99,14 @@ class ViewedScene:
 
 
 def gaussians_from_points(points: np.ndarray, colors: np.ndarray, scale_factor: float = 1.0,
-                          opacity: float = 0.95) -> GaussianCloud:
+                          opacity: float = 0.95, scale: float | None = None) -> GaussianCloud:
     """One isotropic Gaussian per point (see the module docstring).
 
     Args:
         points: ``(N, 3)``, ``N >= 2``; colors: ``(N, 3)`` in [0, 1].
         scale_factor: standard deviation / mean distance to the 3 nearest neighbours.
         opacity: every Gaussian's opacity, in (0, 1).
+        scale: one standard deviation for every Gaussian instead (no neighbour search).
     """
     points = np.asarray(points, dtype=np.float32)
     if points.ndim != 2 or points.shape[1] != 3 or len(points) < 2:
@@ -114,14 +115,19 @@ def gaussians_from_points(points: np.ndarray, colors: np.ndarray, scale_factor: 
         raise DataFormatError(f"gaussians_from_points: colors {np.shape(colors)} do not match points {points.shape}")
     if not scale_factor > 0 or not 0 < opacity < 1:
         raise ConfigError(f"scale_factor must be > 0 and opacity in (0, 1), got {scale_factor}, {opacity}")
-    tensor = torch.from_numpy(points)[None]
-    dist2, _ = knn(tensor, tensor, min(4, len(points)))  # a whole scan goes to the KD-tree (auto, CPU)
-    spacing = dist2[0, :, 1:].mean(dim=-1).sqrt().clamp_min(1e-6).numpy()
+    if scale is not None:
+        if not scale > 0:
+            raise ConfigError(f"scale must be > 0, got {scale}")
+        std = np.full(len(points), scale, np.float64)
+    else:
+        tensor = torch.from_numpy(points)[None]
+        dist2, _ = knn(tensor, tensor, min(4, len(points)))  # a whole scan goes to the KD-tree (auto, CPU)
+        std = dist2[0, :, 1:].mean(dim=-1).sqrt().clamp_min(1e-6).numpy() * scale_factor
     count = len(points)
     return GaussianCloud(
         means=points,
         quats=np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (count, 1)),
-        log_scales=np.repeat(np.log(spacing * scale_factor)[:, None], 3, axis=1).astype(np.float32),
+        log_scales=np.repeat(np.log(std)[:, None], 3, axis=1).astype(np.float32),
         opacity_logits=np.full(count, math.log(opacity / (1 - opacity)), np.float32),
         sh=rgb_to_sh(np.asarray(colors, np.float32)).astype(np.float32))
 

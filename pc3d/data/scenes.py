@@ -252,7 +252,8 @@ def find_scannet_numpy_scenes(folder: str | os.PathLike) -> list[Path]:
     return sorted(Path(folder) / p.name[:-len(suffix)] for p in Path(folder).glob(f"*{suffix}"))
 
 
-def _integer_labels(path: Path, n: int) -> np.ndarray:
+def read_point_labels(path: Path, n: int) -> np.ndarray:
+    """``(n,)`` int64 per-point labels of a ``.npy`` (ScanNet's ``_sem_label_all`` / ``_ins_label_all``)."""
     labels = read_array(path)
     if labels.shape != (n,) or labels.dtype.kind not in "iu":
         raise DataFormatError(f"{path}: expected ({n},) integer labels (one per point of the _vert_all.npy), "
@@ -278,8 +279,8 @@ def read_scannet_numpy_scene(prefix: str | os.PathLike, normals_k: int = 16,
         raise DataFormatError(f"{vert_file}: expected (N, 6) float xyz + rgb, got {vert.shape} {vert.dtype}")
     if not np.isfinite(vert).all():
         raise DataFormatError(f"{vert_file}: {int((~np.isfinite(vert)).any(axis=1).sum())} points have NaN/inf values")
-    segment = nyu40_to_scannet20(_integer_labels(sem_file, vert.shape[0]))
-    instance = _integer_labels(ins_file, vert.shape[0]) - 1
+    segment = nyu40_to_scannet20(read_point_labels(sem_file, vert.shape[0]))
+    instance = read_point_labels(ins_file, vert.shape[0]) - 1
     points = np.ascontiguousarray(vert[:, :3], dtype=np.float32)
     colors = np.ascontiguousarray(vert[:, 3:6] / 255.0, dtype=np.float32)
     if colors.min() < 0 or colors.max() > 1:

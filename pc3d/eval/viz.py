@@ -49,7 +49,7 @@ from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
 from pc3d.eval.scene_probe import sample_level
 from pc3d.methods.nerf_mae import NeRFMAE, grid_picture
-from pc3d.methods.point_mae import PointMAE, reconstruction_panels, reconstruction_picture
+from pc3d.methods.point_mae import PointMAE, reconstruction_loss, reconstruction_panels, reconstruction_picture
 from pc3d.ops.neighbors import knn
 from pc3d.utils.atomic import atomic_write_png
 from pc3d.utils.config import Setting, check_settings
@@ -165,8 +165,9 @@ def _viz_recon(cfg, settings: dict[str, Any], sample: dict[str, Tensor]) -> dict
     state = check_run(cfg, resumable=False)
     batch = {"points": sample["points"][None].to(device), "sample_seed": torch.tensor([int(cfg.seed)], device=device)}
     model = model.to(device).eval()
-    rec = model.reconstruct(batch).first().to_cpu()
-    chamfer = float(model(batch)["loss"])
+    full = model.reconstruct(batch)
+    chamfer = float(reconstruction_loss(full))
+    rec = full.first().to_cpu()
     points = sample["points"].numpy()
     picture = reconstruction_picture(rec, points, settings["views"], settings["width"], settings["height"],
                                      settings["point_size"], settings["fov"], settings["elevation"])
@@ -189,7 +190,7 @@ def _viz_grid(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from pc3d.train.run import check_run, finish_run, report, resolve_device, start_run
 
     grid = read_radiance_grid(Path(str(cfg.scene)), settings["density"])
-    values = torch.from_numpy(np.ascontiguousarray(grid.rgb_alpha().transpose(3, 0, 1, 2), dtype=np.float32))
+    values = radiance_grid_sample(grid)["grid"]
     metrics: dict[str, Any] = {"shape": list(grid.shape)}
     model = None
     if str(cfg.checkpoint) == "random":
@@ -205,7 +206,7 @@ def _viz_grid(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     hidden = prediction = None
     if model is not None:
         model = model.to(device).eval()
-        padded = model.pad_grid(model.batch_grid({"grid": radiance_grid_sample(grid)["grid"][None].to(device)}))
+        padded = model.pad_grid(model.batch_grid({"grid": values[None].to(device)}))
         mask = model.token_mask(torch.tensor([int(cfg.seed)]), padded.shape, device)
         output = model.predict(padded, mask)
         losses = model.losses(padded, output, mask)

@@ -140,14 +140,27 @@ def _from_nerf_mae(path: Path, found: Any) -> EncoderCheckpoint:
     return EncoderCheckpoint(path, NERF_MAE_FORMAT, config, weights, nerf_mae_display)
 
 
+def _torch_checkpoint(path: Path, format: str = "auto") -> tuple[Path, Any]:
+    """``(file, content)`` of a torch checkpoint: a run directory's newest readable one, or the file itself
+    (NeRF-MAE-style files whose arguments are an argparse.Namespace are read as dicts)."""
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: run directory has no readable checkpoint in checkpoints/")
+        return found
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    try:
+        return path, read_torch_file(path)
+    except CheckpointError as refused:
+        return path, _nerf_mae_with_namespace(path, format, refused)
+
+
 def _read(path: Path, format: str, overrides: Mapping[str, Any] | None = None) -> EncoderCheckpoint:
     if path.is_dir():
         if format not in ("auto", CHECKPOINT_FORMAT):
             raise CheckpointError(f"{path}: is a directory; format '{format}' expects a file")
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"{path}: run directory has no readable checkpoint in checkpoints/")
-        return _from_pc3d_checkpoint(*found)
+        return _from_pc3d_checkpoint(*_torch_checkpoint(path))
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or run directory")
     if format == "auto" and (path.suffix == ".safetensors" or looks_like_safetensors(path)):
@@ -158,11 +171,7 @@ def _read(path: Path, format: str, overrides: Mapping[str, Any] | None = None) -
     if format == "auto" and not _is_torch_file(path):
         raise CheckpointError(f"{path}: unknown checkpoint format (neither safetensors nor a torch file); "
                               f"known formats: {KNOWN_FORMATS}")
-    try:
-        obj = read_torch_file(path)  # read once; the content decides (auto) or must fit the forced format
-    except CheckpointError as refused:
-        # NeRF-MAE-style files may carry their arguments as an argparse.Namespace: read as a dict
-        obj = _nerf_mae_with_namespace(path, format, refused)
+    _, obj = _torch_checkpoint(path, format)  # read once; the content decides (auto) or must fit the forced format
     is_pc3d = isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
     if format == CHECKPOINT_FORMAT and not is_pc3d:
         raise CheckpointError(f"{path}: not a pc3d training checkpoint (expected format '{CHECKPOINT_FORMAT}')")
@@ -307,20 +316,7 @@ def load_pretraining_model(path: str | os.PathLike, strict: bool = True) -> nn.M
         CheckpointError: a missing or unreadable file, a checkpoint without its method and encoder config, a
             file of another format, or (``strict``) weights that do not fit, by name.
     """
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"{path}: run directory has no readable checkpoint in checkpoints/")
-        file, obj = found
-    elif not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
-    else:
-        file = path
-        try:
-            obj = read_torch_file(path)
-        except CheckpointError as refused:
-            obj = _nerf_mae_with_namespace(path, "auto", refused)
+    file, obj = _torch_checkpoint(Path(path))
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         config = obj.get("config") or {}
         if not config.get("method") or not config.get("encoder"):

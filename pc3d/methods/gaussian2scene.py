@@ -79,7 +79,7 @@ from pc3d.encoders.point_vit import PointViT
 from pc3d.errors import ConfigError
 from pc3d.methods.base import PretrainingMethod
 from pc3d.methods.msm import unit_mask
-from pc3d.methods.point_mae import per_sample_uniform, random_patch_mask, select_tokens
+from pc3d.methods.point_mae import patch_mask, select_tokens
 from pc3d.ops import chamfer_l2
 from pc3d.ops.rasterize import rasterize_gaussians, rgb_to_sh
 from pc3d.ops.sparse_conv import SparseVoxels
@@ -138,9 +138,11 @@ def mask_colors(voxels: SparseVoxels, input_features: tuple[str, ...], masked: T
 
 
 def viewed_scene_dataset(data: Any, encoder: Encoder, augment: bool) -> EncoderInputDataset:
-    """The pretraining samples of scenes with views (``data=room_views``) with ``encoder``'s input added."""
+    """The pretraining samples of scenes with views (``data=room_views``, ``data=scan_views``) with ``encoder``'s
+    input added."""
     if not isinstance(data, ViewedSceneData):
-        raise ConfigError(f"Gaussian2Scene pretrains on scenes with views (data=room_views), got {type(data).__name__}")
+        raise ConfigError(f"Gaussian2Scene pretrains on scenes with views (data=room_views or data=scan_views), got "
+                          f"{type(data).__name__}")
     return EncoderInputDataset(data.pretrain_dataset(augment=augment), encoder.spec)
 
 
@@ -236,7 +238,7 @@ class PointImageMAE(PretrainingMethod):
         nn.init.trunc_normal_(self.unseen_token, std=0.02)
 
     def pretrain_dataset(self, data: Any, augment: bool = True) -> EncoderInputDataset:
-        """Scenes with views (``data=room_views``) with this encoder's input added."""
+        """Scenes with views (:func:`viewed_scene_dataset`) with this encoder's input added."""
         return viewed_scene_dataset(data, self.encoder, augment)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -245,9 +247,7 @@ class PointImageMAE(PretrainingMethod):
         the share of patch centres some view sees)."""
         neighborhoods, centers = self.encoder.group(batch["points"])
         size, groups = centers.shape[:2]
-        seeds = batch.get("sample_seed")
-        noise = None if seeds is None else per_sample_uniform(seeds, groups, centers.device)
-        point_masked = random_patch_mask(size, groups, self.mask_ratio, centers.device, noise)
+        point_masked = patch_mask(centers, self.mask_ratio, "rand", batch.get("sample_seed"))
         with torch.no_grad():
             patches, seen = view_patches(centers, batch["images"].float(), batch["depth"].float(),
                                          batch["viewmats"].float(), batch["Ks"].float(), self.patch_size,
@@ -319,7 +319,7 @@ class Gaussian2Scene(PretrainingMethod):
         self._shown: dict[str, Any] | None = None
 
     def pretrain_dataset(self, data: Any, augment: bool = True) -> EncoderInputDataset:
-        """Scenes with views (``data=room_views``) with this encoder's input added."""
+        """Scenes with views (:func:`viewed_scene_dataset`) with this encoder's input added."""
         return viewed_scene_dataset(data, self.encoder, augment)
 
     def predict_gaussians(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
@@ -375,6 +375,7 @@ class Gaussian2Scene(PretrainingMethod):
             opacity_logits=gaussians["opacity_logits"], sh=rgb_to_sh(gaussians["colors"])))
         if writer is not None:
             writer.add_image("gaussian2scene/real_rendered", side_by_side.numpy(), step, dataformats="HWC")
+
 
 def gaussian2scene(encoder: Encoder, stage: int = 2, **settings: Any) -> PretrainingMethod:
     """Gaussian2Scene's stage ``1`` (:class:`PointImageMAE`) or ``2`` (:class:`Gaussian2Scene`) from one config

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pc3d.data.pictures import orbit_cameras, pca_colors, render_points
+from pc3d.data.pictures import orbit_cameras, pca_colors, render_points, tile_panels
 from pc3d.data.scene_data import SceneData
 from pc3d.encoders.base import FeatureLevel
 from pc3d.encoders.sparse_unet import SparseUNet
@@ -202,6 +202,7 @@ class MaskedSceneModeling(PretrainingMethod):
             teacher.copy_(student)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        self._shown = None  # the last batch's tensors go before this one's are made
         batch_size = int(batch["batch_size"])
         student_in = SparseVoxels(batch["a_features"], batch["a_coords"], batch_size)
         mask = unit_mask(student_in.coords, self.mask_unit, self.mask_ratio, batch["sample_seed"])
@@ -262,7 +263,7 @@ class MaskedSceneModeling(PretrainingMethod):
         for points, colors in panels:
             viewmats, Ks = orbit_cameras(points, 2, 240, 240)
             rows.append(render_points(points, colors, viewmats, Ks, 240, 240, radius=size))
-        picture = np.concatenate([np.concatenate([panel[v] for panel in rows], axis=1) for v in range(2)], axis=0)
+        picture = tile_panels(rows)
         make_dirs(out_dir)
         atomic_write_png(out_dir / f"features_{step:08d}.png", picture)
         if writer is not None:

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pc3d.data.pictures import orbit_cameras
+from pc3d.data.pictures import orbit_cameras, tile_panels
 from pc3d.encoders.inputs import EncoderInputDataset
 from pc3d.encoders.swin3d import Swin3D
 from pc3d.errors import ConfigError, DataFormatError
@@ -180,7 +180,7 @@ class NeRFMAE(PretrainingMethod):
         self.mask_token = nn.Parameter(torch.zeros(encoder.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)
         self.decoder = NeRFMAEDecoder(encoder.level_channels, encoder.patch_size, encoder.in_channels)
-        self._shown: dict[str, Tensor] | None = None  # the last batch's first grid, for log_artifacts
+        self._shown: dict[str, Any] | None = None  # the last batch's grids, mask, prediction, for log_artifacts
 
     input_kinds = ("grid",)
     no_weight_decay_names = ("mask_token",)
@@ -274,14 +274,14 @@ class NeRFMAE(PretrainingMethod):
 
         Without ``sample_seed`` (evaluation outside the Trainer) the seeds come from the global torch RNG.
         """
+        self._shown = None  # the last batch's tensors go before this one's are made
         grid = self.pad_grid(self.batch_grid(batch))
         seeds = batch.get("sample_seed")
         if seeds is None:
             seeds = torch.randint(0, 2 ** 62, (grid.values.shape[0],))
         mask = self.token_mask(seeds, grid.shape, grid.values.device)
         prediction = self.predict(grid, mask)
-        self._shown = {"grid": grid.values[0].detach(), "valid": grid.valid[0].detach(),
-                       "hidden": self.masked_cells(grid, mask)[0].detach(), "prediction": prediction[0].detach()}
+        self._shown = {"grid": grid, "mask": mask, "prediction": prediction.detach()}
         return self.losses(grid, prediction, mask)
 
     def log_artifacts(self, step: int, out_dir: Path, writer: Any) -> None:
@@ -290,13 +290,14 @@ class NeRFMAE(PretrainingMethod):
         draws). Also to TensorBoard."""
         if self._shown is None:
             return
-        shown = {key: value.float().cpu() if value.is_floating_point() else value.cpu()
-                 for key, value in self._shown.items()}
-        valid = shown["valid"].nonzero()
-        high = (valid.max(dim=0).values + 1).tolist() if len(valid) else list(shown["valid"].shape)
+        padded, mask = self._shown["grid"], self._shown["mask"]
+        hidden = self.masked_cells(padded, mask)[0].cpu()
+        valid = padded.valid[0].cpu()
+        cells = valid.nonzero()
+        high = (cells.max(dim=0).values + 1).tolist() if len(cells) else list(valid.shape)
         crop = (slice(None), slice(0, high[0]), slice(0, high[1]), slice(0, high[2]))
-        grid, hidden = shown["grid"][crop], shown["hidden"][crop[1:]]
-        prediction = shown["prediction"][crop]
+        grid, hidden = padded.values[0].detach().float().cpu()[crop], hidden[crop[1:]]
+        prediction = self._shown["prediction"][0].float().cpu()[crop]
         box = torch.tensor([[0.0, 0.0, 0.0], [float(h) for h in high]])
         picture = grid_picture(grid, box, hidden, prediction, views=2, width=200, height=200)
         make_dirs(out_dir)
@@ -319,4 +320,4 @@ def grid_picture(grid: Tensor, box: Tensor, hidden: Tensor | None = None, predic
     viewmats, Ks = orbit_cameras(corners, views, width, height, fov, elevation)
     drawn = [render_alpha_grid(panel.float(), box, torch.from_numpy(viewmats), torch.from_numpy(Ks), width,
                                height).numpy() for panel in panels]
-    return np.concatenate([np.concatenate([d[v] for d in drawn], axis=1) for v in range(views)], axis=0)
+    return tile_panels(drawn)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pc3d.data.pictures import orbit_cameras, render_points
+from pc3d.data.pictures import orbit_cameras, render_points, tile_panels
 from pc3d.encoders.layers import PositionalBlocks, positional_mlp
 from pc3d.encoders.point_vit import PointViT
 from pc3d.errors import ConfigError
@@ -94,6 +94,17 @@ def block_patch_mask(centers: Tensor, ratio: float, noise: Tensor | None = None)
     return mask
 
 
+def patch_mask(centers: Tensor, ratio: float, mask_type: str = "rand", sample_seeds: Tensor | None = None) -> Tensor:
+    """``centers (B, G, 3)`` → ``(B, G)`` bool, True = masked: :func:`random_patch_mask` (``"rand"``) or
+    :func:`block_patch_mask` (``"block"``), from ``sample_seeds (B,)`` (:func:`per_sample_uniform`) when given,
+    else from the global torch RNG."""
+    batch, groups, _ = centers.shape
+    noise = None if sample_seeds is None else per_sample_uniform(sample_seeds, groups, centers.device)
+    if mask_type == "block":
+        return block_patch_mask(centers, ratio, noise)
+    return random_patch_mask(batch, groups, ratio, centers.device, noise)
+
+
 def select_tokens(x: Tensor, keep: Tensor) -> Tensor:
     """Rows of ``x (B, G, ...)`` where ``keep (B, G)`` is True; every sample keeps the same count."""
     batch = x.shape[0]
@@ -151,11 +162,7 @@ class PointMAE(PretrainingMethod):
         trainer provides them, so masks survive resume and any split over processes);
         without, masks come from the global torch RNG.
         """
-        batch, groups, _ = centers.shape
-        noise = None if sample_seeds is None else per_sample_uniform(sample_seeds, groups, centers.device)
-        if self.mask_type == "block":
-            return block_patch_mask(centers, self.mask_ratio, noise)
-        return random_patch_mask(batch, groups, self.mask_ratio, centers.device, noise)
+        return patch_mask(centers, self.mask_ratio, self.mask_type, sample_seeds)
 
     def reconstruct(self, batch: dict[str, Tensor]) -> "Reconstruction":
         """``batch["points"] (B, N, 3)``, optional ``batch["sample_seed"] (B,)`` → the patches, the mask and the
@@ -180,13 +187,10 @@ class PointMAE(PretrainingMethod):
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch["points"] (B, N, 3)``, optional ``batch["sample_seed"] (B,)`` → ``{"loss": scalar}``."""
+        self._shown = None  # the last batch's tensors go before this one's are made
         rec = self.reconstruct(batch)
-        batch_size, num_masked, size, _ = rec.predicted.shape
-        predicted = rec.predicted.reshape(batch_size * num_masked, size, 3)
-        target = select_tokens(rec.neighborhoods, rec.mask).reshape(batch_size * num_masked, -1, 3)
         self._shown = rec.first()
-        # the loss in float32 also under bf16 autocast
-        return {"loss": chamfer_l2(predicted.float(), target.float())}
+        return {"loss": reconstruction_loss(rec)}
 
     def log_artifacts(self, step: int, out_dir: Path, writer: Any) -> None:
         """``recon_STEP.png``: the last training batch's first sample (:func:`reconstruction_picture`, two views),
@@ -227,6 +231,15 @@ class Reconstruction:
                                 for t in (self.neighborhoods, self.centers, self.mask, self.predicted)))
 
 
+def reconstruction_loss(rec: Reconstruction) -> Tensor:
+    """Chamfer-L2 between the predicted and the true points of every masked patch (float32, also under
+    bf16 autocast)."""
+    batch_size, num_masked, size, _ = rec.predicted.shape
+    predicted = rec.predicted.reshape(batch_size * num_masked, size, 3)
+    target = select_tokens(rec.neighborhoods, rec.mask).reshape(batch_size * num_masked, -1, 3)
+    return chamfer_l2(predicted.float(), target.float())
+
+
 VISIBLE_COLOR, MASKED_COLOR, INPUT_COLOR = (0.25, 0.55, 1.0), (1.0, 0.55, 0.1), (0.85, 0.85, 0.85)
 
 
@@ -263,4 +276,4 @@ def reconstruction_picture(rec: Reconstruction, points: np.ndarray | None = None
     radius = 0.5 * point_size * max(float(dist2[0, :, -1].sqrt().median()), 1e-6)
     viewmats, Ks = orbit_cameras(panels[0][0], views, width, height, fov=fov, elevation=elevation)
     drawn = [render_points(cloud, colors, viewmats, Ks, width, height, radius=radius) for cloud, colors in panels]
-    return np.concatenate([np.concatenate([panel[v] for panel in drawn], axis=1) for v in range(views)], axis=0)
+    return tile_panels(drawn)
