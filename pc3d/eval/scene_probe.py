@@ -34,6 +34,7 @@ from pc3d.data.scenes import Scene, rotated_scene, wall_aligned_scene
 from pc3d.encoders.base import Encoder, FeatureLevel
 from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
+from pc3d.eval.object_probe import calibrate_norm_statistics
 from pc3d.ops.sparse_conv import voxel_keys
 from pc3d.utils.config import Setting, check_settings
 from pc3d.utils.device import move_to
@@ -349,7 +350,8 @@ PROBE_SETTINGS = {"run": Setting(str), "kind": Setting(str, choices=("linear", "
                   "interpolation": Setting(str, choices=INTERPOLATIONS), "steps": Setting(int, 1),
                   "batch_size": Setting(int, 1), "lr": Setting(float, 0.0, open_low=True),
                   "weight_decay": Setting(float, 0.0), "k": Setting(int, 1), "bank_size": Setting(int, 1),
-                  "temperature": Setting(float, 0.0, open_low=True), "baseline": Setting(bool)}
+                  "temperature": Setting(float, 0.0, open_low=True), "baseline": Setting(bool),
+                  "norm_stats": Setting(str, choices=("data", "stored"))}
 
 
 def probe_command(cfg) -> dict[str, Any]:
@@ -368,10 +370,14 @@ def probe_command(cfg) -> dict[str, Any]:
     if not isinstance(data, SceneData):
         raise ConfigError(f"probe={cfg.probe.kind}: the scene probe needs scans with labels (data=scannet), "
                           f"got {type(data).__name__}")
-    options = {k: v for k, v in to_plain(cfg.probe).items() if k not in ("run", "kind", "interpolation", "baseline")}
+    options = {k: v for k, v in to_plain(cfg.probe).items()
+               if k not in ("run", "kind", "interpolation", "baseline", "norm_stats")}
     train, val = data.scenes(data.probe_train), data.scenes(data.probe_val)
     encoders = probe_encoders(cfg)
     out = start_run(cfg, resumable=False)
+    if cfg.probe.norm_stats == "data":  # both encoders on the train scans' statistics: they differ only in weights
+        for encoder in encoders.values():
+            calibrate_norm_statistics(encoder, [scene_sample(scene) for scene in train], batch_size=1, device=device)
     results = {name: run_scene_probe(encoder, train, val, data.class_names, str(cfg.probe.kind), device=device,
                                      interpolation=str(cfg.probe.interpolation), seed=int(cfg.seed), **options)
                for name, encoder in encoders.items()}

@@ -39,6 +39,8 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     out = start_run(cfg, state, step=trainer.step)  # only once every input has been validated
     metrics = trainer.fit()
     finish_run(out, metrics)
+    pictures = out / "artifacts"
     report(f"pretrain: {metrics['steps']} steps, final loss {metrics['final_loss']:.5f}, "
-           f"{metrics['samples_per_s']:.1f} samples/s, {metrics['wall_s']:.0f} s → {out}")
+           f"{metrics['samples_per_s']:.1f} samples/s, {metrics['wall_s']:.0f} s → {out}"
+           + (f" (pictures: {pictures})" if pictures.is_dir() else ""))
     return metrics
