@@ -65,15 +65,20 @@ def calibrate_norm_statistics(encoder: Encoder, samples: Sequence[dict[str, Any]
     if not norms:
         return 0
     encoder = encoder.to(device).eval()
-    sums: dict[nn.Module, list] = {m: [0.0, 0.0, 0] for m in norms}
+    moments: dict[nn.Module, list] = {m: [0, 0.0, 0.0] for m in norms}  # rows, mean, sum of squared deviations
 
     def accumulate(module: nn.Module, inputs: tuple) -> None:
-        x = inputs[0].detach().double()
-        rows = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, rows): channels are dim 1 for every batch norm
-        total = sums[module]
-        total[0] = total[0] + rows.sum(1)
-        total[1] = total[1] + (rows * rows).sum(1)
-        total[2] += rows.shape[1]
+        x = inputs[0].detach()
+        dims = [d for d in range(x.dim()) if d != 1]  # channels are dim 1 for every batch norm
+        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+        rows = x.numel() // x.shape[1]
+        total = moments[module]
+        count, old_mean, squares = total
+        mean, var = mean.double(), var.double()
+        delta = mean - old_mean  # Chan et al.'s pairwise update: exact moments over all rows, batch by batch
+        total[0] = count + rows
+        total[1] = old_mean + delta * rows / total[0]
+        total[2] = squares + var * rows + delta * delta * count * rows / total[0]
 
     tracked = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
     hooks = [m.register_forward_pre_hook(accumulate) for m in norms]
@@ -89,11 +94,10 @@ def calibrate_norm_statistics(encoder: Encoder, samples: Sequence[dict[str, Any]
             m.eval()
             if count is not None:
                 m.num_batches_tracked.copy_(count)
-    for m, (total, squares, count) in sums.items():
+    for m, (count, mean, squares) in moments.items():
         if count > 1:
-            mean = total / count
             m.running_mean.copy_(mean)
-            m.running_var.copy_((squares - count * mean * mean).clamp_min(0) / (count - 1))
+            m.running_var.copy_(squares / (count - 1))
     return len(norms)
 
 
@@ -236,7 +240,8 @@ def svm_probe(splits: ProbeSplits, class_names: Sequence[str], *, Cs: Sequence[f
 PROBE_SETTINGS = {"run": Setting(str), "Cs": Setting("floats", 0.0, open_low=True), "standardize": Setting(bool),
                   "levels": Setting(str, choices=("last", "all")), "batch_size": Setting(int, 1),
                   "baseline": Setting(bool), "labels_per_class": Setting(int, 1, optional=True),
-                  "label_draws": Setting(int, 1), "norm_stats": Setting(str, choices=("data", "stored"))}
+                  "label_draws": Setting(int, 1), "norm_stats": Setting(str, choices=("data", "stored")),
+                  "norm_shapes": Setting(int, 2, optional=True)}
 
 
 def probe_command(cfg) -> dict[str, Any]:
@@ -263,6 +268,10 @@ def probe_command(cfg) -> dict[str, Any]:
         check_sample(encoder, {"points": data.points(data.fit[:1])[0]})
     if cfg.probe.labels_per_class is not None:  # a class short of labels is refused before anything is written
         labelled_subsets(data.labels(data.fit), cfg.probe.labels_per_class, cfg.probe.label_draws, cfg.seed)
+    norm_shapes = data.fit
+    if cfg.probe.norm_shapes is not None and cfg.probe.norm_shapes < len(data.fit):
+        pick = np.random.default_rng(cfg.seed).choice(len(data.fit), cfg.probe.norm_shapes, replace=False)
+        norm_shapes = data.fit[np.sort(pick)]
     out = start_run(cfg, resumable=False)
     order = np.concatenate([data.fit, data.val, data.test])
     bounds = np.cumsum([0, len(data.fit), len(data.val), len(data.test)])
@@ -270,7 +279,7 @@ def probe_command(cfg) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     for name, encoder in encoders.items():
         if cfg.probe.norm_stats == "data":
-            calibrate_norm_statistics(encoder, [{"points": torch.as_tensor(c)} for c in data.points(data.fit)],
+            calibrate_norm_statistics(encoder, [{"points": torch.as_tensor(c)} for c in data.points(norm_shapes)],
                                       batch_size=cfg.probe.batch_size, device=device)
         features = extract_global_features(encoder, data.points(order), batch_size=cfg.probe.batch_size,
                                            device=device, levels=cfg.probe.levels)
