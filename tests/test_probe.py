@@ -87,6 +87,20 @@ def test_calibrate_norm_statistics_sets_exact_statistics_of_the_data():
     assert calibrate_norm_statistics(torch.nn.Sequential(torch.nn.Linear(3, 3)), samples) == 0
 
 
+def test_calibrate_norm_statistics_of_a_sparse_unet():
+    from pc3d.encoders import SparseUNet
+
+    torch.manual_seed(0)
+    encoder = SparseUNet(channels=(8, 16, 16, 16, 16), dec_channels=(16, 16, 16, 8), blocks=(1,) * 5,
+                         dec_blocks=(1,) * 4, head_dim=8, backend="torch")
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    rng = np.random.default_rng(0)
+    samples = [{key: torch.as_tensor(rng.uniform(0, 1, (300, 3)), dtype=torch.float32)
+                for key in ("points", "colors", "normals")} for _ in range(3)]
+    assert calibrate_norm_statistics(encoder, samples, batch_size=2) == len(norms) > 0
+    assert all(not torch.allclose(m.running_var, torch.ones_like(m.running_var)) for m in norms)
+
+
 def test_class_accuracies():
     acc = class_accuracies(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["x", "y", "z"])
     assert acc == {"x": 0.5, "y": 1.0}

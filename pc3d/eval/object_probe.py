@@ -37,6 +37,7 @@ from sklearn.svm import LinearSVC
 from pc3d.encoders.base import Encoder, max_mean_pool
 from pc3d.encoders.inputs import encoder_input
 from pc3d.errors import ConfigError
+from pc3d.ops.sparse_conv import SparseVoxels
 from pc3d.utils.config import Setting, check_settings
 from pc3d.utils.device import move_to
 from pc3d.utils.progress import progress
@@ -68,7 +69,8 @@ def calibrate_norm_statistics(encoder: Encoder, samples: Sequence[dict[str, Any]
     moments: dict[nn.Module, list] = {m: [0, 0.0, 0.0] for m in norms}  # rows, mean, sum of squared deviations
 
     def accumulate(module: nn.Module, inputs: tuple) -> None:
-        x = inputs[0].detach()
+        x = inputs[0]
+        x = (x.features if isinstance(x, SparseVoxels) else x).detach()  # the sparse UNet's norms take voxels
         dims = [d for d in range(x.dim()) if d != 1]  # channels are dim 1 for every batch norm
         var, mean = torch.var_mean(x, dim=dims, unbiased=False)
         rows = x.numel() // x.shape[1]
