@@ -376,8 +376,9 @@ def probe_command(cfg) -> dict[str, Any]:
     encoders = probe_encoders(cfg)
     out = start_run(cfg, resumable=False)
     if cfg.probe.norm_stats == "data":  # both encoders on the train scans' statistics: they differ only in weights
+        samples = [scene_sample(scene) for scene in train]
         for encoder in encoders.values():
-            calibrate_norm_statistics(encoder, [scene_sample(scene) for scene in train], batch_size=1, device=device)
+            calibrate_norm_statistics(encoder, samples, batch_size=1, device=device)
     results = {name: run_scene_probe(encoder, train, val, data.class_names, str(cfg.probe.kind), device=device,
                                      interpolation=str(cfg.probe.interpolation), seed=int(cfg.seed), **options)
                for name, encoder in encoders.items()}
