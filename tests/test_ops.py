@@ -102,11 +102,12 @@ def test_fps_float64_and_half():
 # --------------------------------------------------------------------------- kNN
 
 
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
 @pytest.mark.parametrize("k", [1, 5, 32])
 @pytest.mark.parametrize("n", [300, 1031])
-def test_knn_matches_brute_force(k, n):
+def test_knn_matches_brute_force(k, n, backend):
     q, p = torch.rand(3, 70, 3), torch.rand(3, n, 3)
-    d2, idx = knn(q, p, k)
+    d2, idx = knn(q, p, k, backend=backend)
     ref_d2, ref_idx = ref_knn(q, p, k)
     assert idx.shape == (3, 70, k) and idx.dtype == torch.long
     assert torch.equal(idx, ref_idx)
@@ -116,25 +117,28 @@ def test_knn_matches_brute_force(k, n):
     assert (d2[..., 1:] >= d2[..., :-1]).all()
 
 
-def test_knn_self_is_nearest():
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_knn_self_is_nearest(backend):
     p = torch.rand(4, 500, 3)
     for k in (1, 16):
-        d2, idx = knn(p, p, k)
+        d2, idx = knn(p, p, k, backend=backend)
         assert torch.equal(idx[..., 0], torch.arange(500).expand(4, 500))
         assert (d2[..., 0] == 0).all()
 
 
-def test_knn_all_points_as_candidates_and_ties_by_index():
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_knn_all_points_as_candidates_and_ties_by_index(backend):
     grid = torch.stack(torch.meshgrid(*[torch.arange(3.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
     q = torch.tensor([[[1.0, 1.0, 1.0], [0.5, 0.0, 0.0]]])
-    d2, idx = knn(q, grid, 27)  # k == N: exact ranking of every point
+    d2, idx = knn(q, grid, 27, backend=backend)  # k == N: exact ranking of every point
     ref_d2, ref_idx = ref_knn(q, grid, 27)
     assert torch.equal(idx, ref_idx) and torch.equal(d2, ref_d2)
-    d2, idx = knn(q, grid, 7)  # matmul pre-selection, tied distances -> lower index first
+    d2, idx = knn(q, grid, 7, backend=backend)  # pre-selection, tied distances -> lower index first
     assert torch.equal(idx, ref_idx[..., :7])
 
 
-def test_knn_far_apart_clusters_need_exact_fallback():
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_knn_far_apart_clusters_need_exact_fallback(backend):
     # two clusters 200 apart, 1e-2 across: the matmul form is off by ~1e-3 here, about
     # the squared neighbour spacing, so only the error bound + exact fallback get it right
     torch.manual_seed(1)
@@ -145,7 +149,7 @@ def test_knn_far_apart_clusters_need_exact_fallback():
     ref_d2, ref_idx = ref_knn(q, p, 4)
     assert not torch.equal(neighbors.approx_sqdist_matrix(qa, pa.transpose(1, 2)).argmin(-1), ref_idx[..., 0])
     for k in (1, 4):
-        d2, idx = knn(q, p, k)
+        d2, idx = knn(q, p, k, backend=backend)
         assert torch.equal(idx, ref_idx[..., :k]) and torch.equal(d2, ref_d2[..., :k])
 
 
@@ -173,7 +177,7 @@ def test_knn_offset_cloud_rarely_needs_fallback(monkeypatch):
     monkeypatch.setattr(neighbors, "_knn_rows_exact", lambda q, *a: rows.append(len(q)) or real(q, *a))
     p = torch.rand(2, 2000, 3) + torch.tensor([1000.0, -500.0, 20.0])
     for k in (1, 16):
-        _, idx = knn(p[:, :300], p, k)
+        _, idx = knn(p[:, :300], p, k, backend="torch")
         assert torch.equal(idx[..., 0], torch.arange(300).expand(2, 300))
     assert sum(rows) < 0.05 * 2 * 2 * 300
 
@@ -182,7 +186,7 @@ def test_knn_fallback_path_alone(monkeypatch):
     monkeypatch.setattr(neighbors, "_ERR_FACTOR", 1e12)  # every row "unsure" -> brute force
     q, p = torch.rand(2, 40, 3), torch.rand(2, 600, 3)
     for k in (1, 6):
-        d2, idx = knn(q, p, k, chunk_floats=5000)
+        d2, idx = knn(q, p, k, backend="torch", chunk_floats=5000)
         ref_d2, ref_idx = ref_knn(q, p, k)
         assert torch.equal(idx, ref_idx) and torch.equal(d2, ref_d2)
 
@@ -192,28 +196,43 @@ def test_knn_reduced_matmul_precision_uses_exact_distances():
     torch.set_float32_matmul_precision("medium")
     try:
         q, p = torch.rand(2, 50, 3), torch.rand(2, 400, 3)
-        d2, idx = knn(q, p, 8)
+        d2, idx = knn(q, p, 8, backend="torch")
     finally:
         torch.set_float32_matmul_precision(previous)
     ref_d2, ref_idx = ref_knn(q, p, 8)
     assert torch.equal(idx, ref_idx) and torch.equal(d2, ref_d2)
 
 
+def test_knn_reduced_matmul_precision_orders_ties_past_the_candidates_by_index():
+    # queries at cell centres of a lattice: 8 corners tie, more than the k + 4 candidates of k = 3
+    lattice = torch.stack(torch.meshgrid(*[torch.arange(4.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    centres = lattice[:, (lattice[0] < 3).all(dim=1)] + 0.5
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        d2, idx = knn(centres, lattice, 3, backend="torch")
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    ref_d2, ref_idx = ref_knn(centres, lattice, 3)
+    assert torch.equal(idx, ref_idx) and torch.equal(d2, ref_d2)
+
+
 @pytest.mark.parametrize("k", [1, 8])
 def test_knn_chunked_equals_unchunked(k, monkeypatch):
     q, p = torch.rand(5, 90, 3), torch.rand(5, 700, 3)
-    full = knn(q, p, k, chunk_floats=1 << 30)
+    full = knn(q, p, k, backend="torch", chunk_floats=1 << 30)
     monkeypatch.setattr(neighbors, "CACHE_ENTRIES", 1 << 30)  # one block per chunk
     for budget in (700, 5000, 90 * 700 + 1, 3 * 90 * 704):
-        got = knn(q, p, k, chunk_floats=budget)
+        got = knn(q, p, k, backend="torch", chunk_floats=budget)
         assert torch.equal(got[0], full[0]) and torch.equal(got[1], full[1]), budget
 
 
-def test_knn_dist2_is_differentiable():
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_knn_dist2_is_differentiable(backend):
     q = torch.rand(2, 30, 3, dtype=torch.float64, requires_grad=True)
     p = torch.rand(2, 200, 3, dtype=torch.float64, requires_grad=True)
     w = torch.rand(2, 30, 5, dtype=torch.float64)
-    d2, idx = knn(q, p, 5)
+    d2, idx = knn(q, p, 5, backend=backend)
     (d2 * w).sum().backward()
     gq, gp = q.grad.clone(), p.grad.clone()
     q.grad = p.grad = None
@@ -223,9 +242,10 @@ def test_knn_dist2_is_differentiable():
     torch.testing.assert_close(gp, p.grad)
 
 
-def test_knn_half_precision():
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_knn_half_precision(backend):
     q, p = torch.rand(2, 20, 3).half(), torch.rand(2, 100, 3).half()
-    d2, idx = knn(q, p, 4)
+    d2, idx = knn(q, p, 4, backend=backend)
     assert d2.dtype == torch.float16
     assert torch.equal(idx, ref_knn(q.float(), p.float(), 4)[1])
 
@@ -415,8 +435,8 @@ def test_env_var_overrides_auto(monkeypatch):
 def test_env_var_routes_knn_to_scipy_with_same_result(monkeypatch):
     q, p = torch.rand(2, 40, 3), torch.rand(2, 300, 3)
     calls = []
-    real = neighbors._knn_scipy_idx
-    monkeypatch.setattr(neighbors, "_knn_scipy_idx", lambda *a: calls.append(1) or real(*a))
+    real = neighbors._knn_scipy
+    monkeypatch.setattr(neighbors, "_knn_scipy", lambda *a: calls.append(1) or real(*a))
     for k in (1, 6):
         expected = knn(q, p, k)
         monkeypatch.setenv(backends.ENV_VAR, "scipy")
@@ -427,15 +447,17 @@ def test_env_var_routes_knn_to_scipy_with_same_result(monkeypatch):
 
 
 def test_auto_knn_on_big_cpu_clouds_is_the_kd_tree_with_the_torch_answer(monkeypatch):
-    """From KD_TREE_MIN_POINTS points per cloud, auto on CPU goes through scipy: the same indices (ties by index,
-    duplicates included) and distances as the brute force; smaller clouds and PC3D_OPS_BACKEND stay as asked."""
+    """From KD_TREE_MIN_QUERIES queries into KD_TREE_MIN_POINTS points per cloud, auto on CPU goes through
+    scipy: the same indices (ties by index, duplicates included) and distances as the brute force; smaller
+    clouds, fewer queries and PC3D_OPS_BACKEND stay as asked."""
     calls = []
-    real = neighbors._knn_scipy_idx
-    monkeypatch.setattr(neighbors, "_knn_scipy_idx", lambda *a: calls.append(a[1].shape) or real(*a))
+    real = neighbors._knn_scipy
+    monkeypatch.setattr(neighbors, "_knn_scipy", lambda *a: calls.append(a[1].shape) or real(*a))
     generator = torch.Generator().manual_seed(4)
     big = torch.rand(3, neighbors.KD_TREE_MIN_POINTS, 3, generator=generator)
     big[:, 100:140] = big[:, 60:100]  # exact duplicates: tied distances
-    query = torch.cat([big[:, 50:110], torch.rand(3, 40, 3, generator=generator)], dim=1).requires_grad_()
+    extra = neighbors.KD_TREE_MIN_QUERIES - 60
+    query = torch.cat([big[:, 50:110], torch.rand(3, extra, 3, generator=generator)], dim=1).requires_grad_()
     for k in (1, 16, 45):
         dist2, idx = knn(query, big, k)
         want_dist2, want_idx = knn(query, big, k, backend="torch")
@@ -444,9 +466,71 @@ def test_auto_knn_on_big_cpu_clouds_is_the_kd_tree_with_the_torch_answer(monkeyp
     dist2.sum().backward()  # the distances stay differentiable
     assert query.grad is not None and query.grad.abs().sum() > 0
     knn(query.detach(), big[:, :neighbors.KD_TREE_MIN_POINTS - 1], 8)
+    knn(query.detach()[:, 1:], big, 8)
     monkeypatch.setenv(backends.ENV_VAR, "torch")
     knn(query.detach(), big, 8)
-    assert len(calls) == 3  # a smaller cloud, and the variable, kept the torch path
+    assert len(calls) == 3  # a smaller cloud, fewer queries, and the variable kept the torch path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kd_tree_knn_is_the_brute_force_on_hard_clouds(dtype):
+    """Clouds far from the origin and of different scales, a lattice (every distance tied many times) and
+    exact duplicates: indices and distances equal the stable brute force."""
+    g = torch.Generator().manual_seed(7)
+    lattice = torch.stack(torch.meshgrid(*[torch.arange(8.0)] * 3, indexing="ij"), -1).reshape(-1, 3)  # 512
+    clouds = torch.stack([torch.rand(512, 3, generator=g) * 1e-3,
+                          torch.rand(512, 3, generator=g) * 50 + torch.tensor([1e4, -3e3, 7.0]),
+                          lattice,
+                          torch.cat([lattice[:256] * 0.1, lattice[:256] * 0.1])]).to(dtype)  # each point twice
+    query = torch.cat([clouds[:, ::5], clouds[:, :40] + 0.25 * clouds[:, 40:80].std()], dim=1)
+    threads = torch.get_num_threads()
+    try:
+        for workers in (1, 2):  # one thread: the trees one after the other; more: a pool
+            torch.set_num_threads(workers)
+            for k in (1, 6, 27, 64):
+                d2, idx = knn(query, clouds, k, backend="scipy")
+                ref_d2, ref_idx = ref_knn(query, clouds, k)
+                assert torch.equal(idx, ref_idx) and torch.equal(d2, ref_d2), (workers, k)
+                assert d2.dtype == dtype
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kd_tree_knn_widens_unsure_rows_and_sends_non_finite_clouds_to_torch(monkeypatch):
+    """k + 1 candidates suffice for distinct distances; a tie reaching past them (a lattice: six neighbours at
+    distance 1) asks the tree again with twice as many, and an impossible margin ends with every point."""
+    import scipy.spatial
+
+    asked = []
+
+    class CountingTree(scipy.spatial.cKDTree):
+        def query(self, x, k, **kwargs):
+            asked.append((len(x), k))
+            return super().query(x, k=k, **kwargs)
+
+    monkeypatch.setattr(scipy.spatial, "cKDTree", CountingTree)
+    q, p = torch.rand(2, 50, 3), torch.rand(2, 700, 3)
+    for k in (1, 9):
+        assert torch.equal(knn(q, p, k, backend="scipy")[1], ref_knn(q, p, k)[1])
+    assert asked == [(50, 2), (50, 2), (50, 10), (50, 10)]  # one tree per cloud
+    lattice = torch.stack(torch.meshgrid(*[torch.arange(6.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    inner = lattice[:, ((lattice[0] > 0) & (lattice[0] < 5)).all(dim=1)]  # 64 points with six neighbours each
+    asked.clear()
+    d2, idx = knn(inner, lattice, 3, backend="scipy")
+    ref_d2, ref_idx = ref_knn(inner, lattice, 3)
+    assert torch.equal(idx, ref_idx) and torch.equal(d2, ref_d2)
+    assert asked == [(64, 4), (64, 8)]  # self + 6 tied at distance 1: four candidates cannot decide, eight can
+    monkeypatch.setattr(neighbors, "_KD_TREE_ERR_FACTOR", 1e12)  # no row is ever "certain"
+    asked.clear()
+    d2, idx = knn(q, p, 9, backend="scipy")
+    ref_d2, ref_idx = ref_knn(q, p, 9)
+    assert torch.equal(idx, ref_idx) and torch.equal(d2, ref_d2)
+    assert asked == [(50, wide) for wide in (10, 20, 40, 80, 160, 320, 640, 700) for _ in range(2)]
+    bad = p.clone()
+    bad[1, 3] = float("nan")
+    asked.clear()
+    torch.testing.assert_close(knn(q, bad, 4, backend="scipy"), knn(q, bad, 4, backend="torch"), equal_nan=True)
+    assert asked == []
 
 
 def test_uninstalled_backend_raises_config_error(monkeypatch):

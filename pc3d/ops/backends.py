@@ -9,7 +9,7 @@ backend        ops                                                   used by "au
 torch          farthest_point_sample, knn, ball_query, chamfer_l2    always possible
 pytorch3d      farthest_point_sample, knn, ball_query, chamfer_l2    CUDA float32
 torch_cluster  farthest_point_sample, knn                            CUDA float32
-scipy          knn (cKDTree, CPU only)                               CPU, >= 2,048 points
+scipy          knn (cKDTree, CPU only)                               CPU, >= 2,048 points, >= 128 queries
 spconv         sparse_conv (spconv 2.x; ConvAlgo.Native on CPU)      float32, CPU too
 gsplat         rasterize_gaussians (CUDA kernels only)               CUDA float32
 ============== ===================================================== ==============
@@ -18,8 +18,9 @@ gsplat         rasterize_gaussians (CUDA kernels only)               CUDA float3
 float32 tensors when installed, else torch. On CPU it picks torch (the accelerators' CPU kernels are
 single-threaded), except for ``sparse_conv``: spconv's native CPU algorithm is 3x faster
 than the pure-torch gather-GEMM at 100k voxels and tested against it and dense conv3d; and for
-``knn`` on clouds of 2,048 points or more, where scipy's multi-threaded KD-tree is faster than the
-brute force and gives the same indices (its candidates re-ranked by the torch path's exact distances).
+``knn`` with 128 queries or more into clouds of 2,048 points or more, where scipy's multi-threaded KD-tree
+is faster than the brute force and gives the same indices (its candidates re-ranked by the torch path's exact
+distances).
 ``PC3D_OPS_BACKEND`` (``torch``, ``pytorch3d``, ...) replaces ``"auto"``
 everywhere; an op the named backend does not implement falls back to torch, and so does a
 CUDA-only backend (gsplat) given CPU tensors. Asking for an uninstalled backend, explicitly or

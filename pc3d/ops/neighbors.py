@@ -16,16 +16,22 @@ import math
 import numbers
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from pc3d.ops._checks import check_count, check_pair, without_autocast
 from pc3d.ops.backends import ENV_VAR, resolve_checked
 
+if TYPE_CHECKING:
+    import numpy as np
+
 #: Largest number of distance-matrix entries alive at once (per op call).
 CHUNK_FLOATS = 1 << 25
-#: Points per cloud from which ``knn(backend="auto")`` on CPU uses the KD-tree (see :func:`knn`).
+#: Points per cloud, and queries per cloud, from which ``knn(backend="auto")`` on CPU uses the KD-tree
+#: (see :func:`knn`; below either, building the tree costs more than the brute force it saves).
 KD_TREE_MIN_POINTS = 2048
+KD_TREE_MIN_QUERIES = 128
 
 
 def gather_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -80,16 +86,17 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, backend: str = "auto"
     the result only if the k-th exact distance is below every non-candidate's
     matmul distance minus that matmul's rounding-error bound; the (rare) rows that
     fail, e.g. clouds with many duplicate points, are redone by exact brute force.
-    So indices equal a brute-force search (stable sort of exact distances), except
-    that ties straddling the candidate cut can pick any of the tied points.
-    Under a reduced float32 matmul precision (TF32/bf16) the exact form is used
-    throughout. ``backend="auto"`` on CPU sends clouds of :data:`KD_TREE_MIN_POINTS` points or more
-    to scipy's KD-tree, re-ranked by the same exact distances (the same indices, faster there).
+    So indices equal a brute-force search (stable sort of exact distances), ties
+    included. Under a reduced float32 matmul precision (TF32/bf16) the exact form is
+    used throughout. ``backend="auto"`` on CPU sends clouds of :data:`KD_TREE_MIN_POINTS` points or more,
+    queried by :data:`KD_TREE_MIN_QUERIES` points or more, to scipy's KD-tree (a tree per cloud, built and
+    queried in parallel), whose candidates are ranked by the same exact distances and checked the same way:
+    the same indices and distances, faster there.
     """
     check_pair("query", query, "points", points)
     k = check_count("k", k, "points", points)
     name = resolve_checked(backend, "knn", points, _knn_agrees)
-    if name == "torch" and backend == "auto" and _kd_tree_is_faster(points):
+    if name == "torch" and backend == "auto" and _kd_tree_is_faster(query, points):
         name = "scipy"
     if name == "torch":
         idx = _knn_torch_idx(query, points, k, chunk_floats or CHUNK_FLOATS)
@@ -98,10 +105,12 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int, backend: str = "auto"
     elif name == "torch_cluster":
         idx = _knn_torch_cluster_idx(query, points, k)
     else:
-        idx = _knn_scipy_idx(query, points, k)
+        idx, dist2 = _knn_scipy(query, points, k, chunk_floats or CHUNK_FLOATS)
+        if not (torch.is_grad_enabled() and (query.requires_grad or points.requires_grad)):
+            return dist2.to(query.dtype), idx  # the values below, computed once already
     work = _work_dtype(points.dtype)
     dist2 = sqdist_pairs(query.to(work).unsqueeze(2), gather_points(points.to(work), idx))
-    if name != "torch":
+    if name not in ("torch", "scipy"):
         # accelerators order ties (and float rounding) their own way: re-sort by exact distance
         dist2, order = dist2.sort(dim=-1, stable=True)
         idx = idx.gather(-1, order)
@@ -280,9 +289,14 @@ def _knn_torch_idx(query: torch.Tensor, points: torch.Tensor, k: int, budget: in
         for b0, b1, r0, r1 in iter_chunks(batch, m, n, budget, per_entry=2):
             q_chunk = q[b0:b1, r0:r1]
             d2 = exact_sqdist_matrix(q_chunk, p_t[b0:b1])
-            cand = d2.topk(num_cand, dim=-1, largest=False, sorted=False).indices
+            values, cand = d2.topk(num_cand, dim=-1, largest=False, sorted=False)
             del d2
-            out[b0:b1, r0:r1], _ = _rank_exact(q_chunk, p[b0:b1], cand, k)
+            idx, exact = _rank_exact(q_chunk, p[b0:b1], cand, k)
+            unsure = exact[..., -1] >= values.amax(dim=-1)  # a tie reaching past the candidates
+            if bool(unsure.any()):
+                bi, ri = unsure.nonzero(as_tuple=True)
+                idx[bi, ri] = _knn_rows_exact(q_chunk[bi, ri], p[b0:b1], bi, k, budget)
+            out[b0:b1, r0:r1] = idx
         return out
 
     q_aug, p_aug, tolerance = matmul_operands(q, p)
@@ -370,18 +384,16 @@ def _rank_exact(q: torch.Tensor, p: torch.Tensor, cand: torch.Tensor, k: int) ->
 
 def _knn_rows_exact(q_rows: torch.Tensor, p: torch.Tensor, batch_of_row: torch.Tensor, k: int,
                     budget: int) -> torch.Tensor:
-    """Brute force for single rows: ``q_rows (R, 3)`` against ``p[batch_of_row[r]]`` -> ``(R, k)``."""
+    """Brute force for single rows: ``q_rows (R, 3)`` against ``p[batch_of_row[r]]`` -> ``(R, k)``, the stable
+    sort of every exact distance (so ties are ordered by index however many points they span)."""
     n = p.shape[1]
-    num_cand = min(n, k + max(4, k // 4))
     out = []
-    step = max(1, budget // (5 * n))
+    step = max(1, budget // (8 * n))
     for r0 in range(0, q_rows.shape[0], step):
         qr = q_rows[r0:r0 + step].unsqueeze(1)  # (r, 1, 3)
         pr = p[batch_of_row[r0:r0 + step]]  # (r, N, 3)
-        d2 = exact_sqdist_matrix(qr, pr.transpose(1, 2))  # (r, 1, N)
-        cand = d2.topk(num_cand, dim=-1, largest=False, sorted=False).indices
-        idx, _ = _rank_exact(qr, pr, cand, k)
-        out.append(idx[:, 0])
+        d2 = exact_sqdist_matrix(qr, pr.transpose(1, 2))[:, 0]  # (r, N)
+        out.append(d2.sort(dim=-1, stable=True).indices[:, :k])
     return torch.cat(out)
 
 
@@ -438,32 +450,120 @@ def _knn_torch_cluster_idx(query: torch.Tensor, points: torch.Tensor, k: int) ->
     return col - (torch.arange(batch, device=device) * n).view(batch, 1, 1)
 
 
-def _kd_tree_is_faster(points: torch.Tensor) -> bool:
-    """``backend="auto"`` on CPU: clouds of :data:`KD_TREE_MIN_POINTS` points or more go to scipy's KD-tree
-    (bench/ops.py: 3x faster at 8 x 512 queries into 8,192; slower on small clouds, whose tree building
-    dominates), unless ``PC3D_OPS_BACKEND`` names a backend."""
+def _kd_tree_is_faster(query: torch.Tensor, points: torch.Tensor) -> bool:
+    """``backend="auto"`` on CPU: :data:`KD_TREE_MIN_QUERIES` or more queries into clouds of
+    :data:`KD_TREE_MIN_POINTS` points or more go to scipy's KD-tree (bench/ops.py: 3.4x faster than the brute
+    force at 8 x 512 queries into 8,192, 2x at 8 x 128 into 2,048; on smaller clouds, or a few queries into
+    a big one, building the tree dominates), unless ``PC3D_OPS_BACKEND`` names a backend."""
     return (points.device.type == "cpu" and points.shape[1] >= KD_TREE_MIN_POINTS
-            and not os.environ.get(ENV_VAR, "").strip())
+            and query.shape[1] >= KD_TREE_MIN_QUERIES and not os.environ.get(ENV_VAR, "").strip())
 
 
-def _knn_scipy_idx(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
-    """The brute-force answer through cKDTree: ``k + 4`` candidates in float64, re-ranked by the exact
-    distance in the inputs' dtype (ties by index), so the k chosen are those the torch path chooses."""
+def _candidate_sqdist(q_t: np.ndarray, p_t: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """``q_t (3, R)``, ``p_t (3, P)``, ``candidates (R, c)`` columns of ``p_t`` -> ``(R, c)`` squared distances:
+    the values of :func:`sqdist_pairs` (the same correctly rounded operations in the same order)."""
+    import numpy as np
+
+    d2 = p_t[0][candidates] - q_t[0][:, None]
+    d2 *= d2
+    tmp = p_t[1][candidates] - q_t[1][:, None]
+    tmp *= tmp
+    d2 += tmp
+    np.subtract(p_t[2][candidates], q_t[2][:, None], out=tmp)
+    tmp *= tmp
+    d2 += tmp
+    return d2
+
+
+#: The KD-tree path's acceptance margin: its float64 tree distances and the exact distances in the inputs'
+#: dtype agree within ``_KD_TREE_ERR_FACTOR * eps`` of the distance (each is within ~2.5 eps of the true one).
+_KD_TREE_ERR_FACTOR = 16.0
+
+
+def _knn_scipy(query: torch.Tensor, points: torch.Tensor, k: int,
+               budget: int = CHUNK_FLOATS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The brute-force answer through scipy's cKDTree: ``idx (B, M, k)`` and its exact squared distances (in
+    the work dtype, detached).
+
+    Each cloud's tree is built and queried in a pool of ``torch.get_num_threads()`` threads (scipy releases
+    the GIL; fewer clouds than threads share the threads inside each query). The tree returns ``k + 1``
+    candidates in float64; they are ranked by the exact distance in the inputs' dtype (ties by index). A row
+    is accepted when its k-th exact distance is below the farthest candidate's tree distance minus the two
+    distances' rounding margin, so no point outside the candidates can be as near. The other rows (a tie
+    reaching past the candidates: duplicates, lattices) ask the same tree for twice as many candidates, until
+    every point is one. Non-finite coordinates take the torch path.
+
+    Around the queries everything is numpy, single-threaded on purpose: a parallel torch op just before a
+    query leaves torch's OpenMP threads spinning on the cores the query's threads need (measured: 4.3 ms
+    quiet, 7.7 ms after one, at 8 x 128 into 2,048).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     from scipy.spatial import cKDTree
 
-    q = query.detach().to("cpu", torch.float64).numpy()
-    p = points.detach().to("cpu", torch.float64).numpy()
-    wide = min(points.shape[1], k + 4)
-    out = np.empty(q.shape[:2] + (wide,), dtype=np.int64)
-    for b in range(q.shape[0]):
-        _, idx = cKDTree(p[b]).query(q[b], k=wide, workers=-1)
-        out[b] = np.sort(np.asarray(idx).reshape(q.shape[1], wide), axis=-1)
-    candidates = torch.from_numpy(out).to(query.device)
     work = _work_dtype(points.dtype)
-    dist2 = sqdist_pairs(query.detach().to(work).unsqueeze(2), gather_points(points.detach().to(work), candidates))
-    order = dist2.sort(dim=-1, stable=True)[1][..., :k]
-    return candidates.gather(-1, order)
+    batch, m, _ = query.shape
+    n = points.shape[1]
+    q_np = query.detach().to("cpu", work).numpy()  # (B, M, 3)
+    p_np = points.detach().to("cpu", work).numpy()  # (B, N, 3)
+    if not (np.isfinite(q_np).all() and np.isfinite(p_np).all()):
+        idx = _knn_torch_idx(query, points, k, budget)
+        return idx, sqdist_pairs(query.detach().to(work).unsqueeze(2), gather_points(points.detach().to(work), idx))
+    threads = torch.get_num_threads()
+    wide = min(n, k + 1)
+
+    def first_search(b: int) -> tuple[cKDTree, np.ndarray, np.ndarray]:
+        # an unbalanced tree (sliding midpoint) builds faster, and queries as fast, on point clouds
+        tree = cKDTree(p_np[b], balanced_tree=False, compact_nodes=False)
+        return (tree, *tree.query(q_np[b], k=wide, workers=max(1, threads // batch)))
+
+    if batch > 1 and threads > 1:
+        with ThreadPoolExecutor(min(batch, threads)) as pool:
+            searched = list(pool.map(first_search, range(batch)))
+    else:
+        searched = [first_search(b) for b in range(batch)]
+    trees = [tree for tree, _, _ in searched]
+    tree_dist = np.stack([dist for _, dist, _ in searched]).reshape(batch * m, wide)
+    first_row = (np.arange(batch) * n).repeat(m)[:, None]  # (B*M, 1): cloud b's points start at row b*n
+    found = np.stack([found for _, _, found in searched]).reshape(batch * m, wide) + first_row  # rows of p_t
+    q_t = np.ascontiguousarray(q_np.reshape(-1, 3).T)  # (3, B*M)
+    p_t = np.ascontiguousarray(p_np.reshape(-1, 3).T)  # (3, B*N)
+    margin = 1.0 - _KD_TREE_ERR_FACTOR * float(torch.finfo(work).eps)
+    rows = np.arange(batch * m)  # rows still to answer
+    idx = dist2 = None
+    while True:
+        exact = _candidate_sqdist(q_t[:, rows], p_t, found)  # (R, wide), in the tree's (float64) order
+        # a row whose exact distances rise strictly is ranked already; the others are ranked again, ties by index
+        tied = np.flatnonzero((exact[:, 1:] <= exact[:, :-1]).any(axis=1))
+        if len(tied):
+            by_index = np.sort(found[tied], axis=1)
+            again = _candidate_sqdist(q_t[:, rows[tied]], p_t, by_index)
+            order = np.argsort(again, axis=1, kind="stable")
+            exact[tied] = np.take_along_axis(again, order, axis=1)
+            found[tied] = np.take_along_axis(by_index, order, axis=1)
+        if wide == n:  # every point was a candidate
+            certain = np.ones(len(rows), dtype=bool)
+        else:
+            certain = exact[:, k - 1] < tree_dist[:, -1] ** 2 * margin
+        if idx is None:  # the first round answers every row; later rounds overwrite the uncertain ones
+            idx, dist2 = found[:, :k] - first_row, np.ascontiguousarray(exact[:, :k])
+        else:
+            done = rows[certain]
+            idx[done], dist2[done] = found[certain, :k] - first_row[done], exact[certain, :k]
+        rows = rows[~certain]
+        if not len(rows):
+            break
+        wide = min(n, 2 * wide)
+        tree_dist, found = np.empty((len(rows), wide)), np.empty((len(rows), wide), dtype=np.int64)
+        cloud = rows // m
+        for b in np.unique(cloud):
+            mine = cloud == b
+            dist_b, found_b = trees[b].query(q_np[b, rows[mine] % m], k=wide, workers=threads)
+            tree_dist[mine], found[mine] = dist_b.reshape(-1, wide), found_b.reshape(-1, wide) + b * n
+    device = query.device
+    return (torch.from_numpy(idx).view(batch, m, k).to(device),
+            torch.from_numpy(dist2).view(batch, m, k).to(device))
 
 
 def _ball_query_pytorch3d(query: torch.Tensor, points: torch.Tensor, radius: float, k: int) -> torch.Tensor:
