@@ -315,7 +315,7 @@ def run_fewshot(cfg) -> dict[str, Any]:
 
     started = time.perf_counter()
     protocol = to_plain(cfg.fewshot)
-    check_protocol(protocol, "fewshot")
+    check_protocol(protocol, "fewshot", FEWSHOT_SETTINGS)
     check_run_settings(cfg)
     folds, queries = int(protocol["folds"]), int(protocol["queries_per_class"])
     if folds < 1:

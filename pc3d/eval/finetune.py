@@ -198,10 +198,9 @@ HEAD_SETTINGS = {"cls_token": Setting(bool), "hidden_dims": Setting("ints", 1), 
 FINETUNE_SETTINGS = {**HEAD_SETTINGS, "vote": Setting(bool), "vote_passes": Setting(int, 1)}
 
 
-def check_protocol(protocol: Mapping[str, Any], name: str) -> None:
-    """One-line errors for head/evaluation settings of the wrong type or out of range (``name``: the node)."""
-    from pc3d.eval.fewshot import FEWSHOT_SETTINGS
-
+def check_protocol(protocol: Mapping[str, Any], name: str, settings: Mapping[str, Setting]) -> None:
+    """One-line errors for head/evaluation settings of the wrong type or out of range (``name``: the node;
+    ``settings``: every key the node may hold, :data:`HEAD_SETTINGS` and the command's own)."""
     def number(key: str) -> float | None:
         value = protocol.get(key)
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -213,7 +212,7 @@ def check_protocol(protocol: Mapping[str, Any], name: str) -> None:
     widths = protocol.get("hidden_dims")
     if isinstance(widths, (list, tuple)) and any(isinstance(w, int) and w < 1 for w in widths):
         raise ConfigError(f"{name}.hidden_dims must be positive widths, got {list(widths)}")
-    check_settings(name, protocol, FINETUNE_SETTINGS if name == "finetune" else FEWSHOT_SETTINGS)
+    check_settings(name, protocol, settings)
 
 
 def run_finetune(cfg) -> dict[str, Any]:
@@ -228,7 +227,7 @@ def run_finetune(cfg) -> dict[str, Any]:
 
     started = time.perf_counter()
     protocol = to_plain(cfg.finetune)
-    check_protocol(protocol, "finetune")
+    check_protocol(protocol, "finetune", FINETUNE_SETTINGS)
     check_run_settings(cfg)
     vote_passes = int(protocol["vote_passes"]) if protocol["vote"] else 0
     if protocol["vote"] and vote_passes < 1:
