@@ -452,7 +452,7 @@ def _knn_torch_cluster_idx(query: torch.Tensor, points: torch.Tensor, k: int) ->
 
 def _kd_tree_is_faster(query: torch.Tensor, points: torch.Tensor) -> bool:
     """``backend="auto"`` on CPU: :data:`KD_TREE_MIN_QUERIES` or more queries into clouds of
-    :data:`KD_TREE_MIN_POINTS` points or more go to scipy's KD-tree (bench/ops.py: 3.4x faster than the brute
+    :data:`KD_TREE_MIN_POINTS` points or more go to scipy's KD-tree (bench/ops.py: 4x faster than the brute
     force at 8 x 512 queries into 8,192, 2x at 8 x 128 into 2,048; on smaller clouds, or a few queries into
     a big one, building the tree dominates), unless ``PC3D_OPS_BACKEND`` names a backend."""
     return (points.device.type == "cpu" and points.shape[1] >= KD_TREE_MIN_POINTS
