@@ -523,10 +523,10 @@ def _knn_scipy(query: torch.Tensor, points: torch.Tensor, k: int,
             searched = list(pool.map(first_search, range(batch)))
     else:
         searched = [first_search(b) for b in range(batch)]
-    trees = [tree for tree, _, _ in searched]
-    tree_dist = np.stack([dist for _, dist, _ in searched]).reshape(batch * m, wide)
+    trees, dists, nearest = zip(*searched)
+    tree_dist = np.stack(dists).reshape(batch * m, wide)
     first_row = (np.arange(batch) * n).repeat(m)[:, None]  # (B*M, 1): cloud b's points start at row b*n
-    found = np.stack([found for _, _, found in searched]).reshape(batch * m, wide) + first_row  # rows of p_t
+    found = np.stack(nearest).reshape(batch * m, wide) + first_row  # rows of p_t
     q_t = np.ascontiguousarray(q_np.reshape(-1, 3).T)  # (3, B*M)
     p_t = np.ascontiguousarray(p_np.reshape(-1, 3).T)  # (3, B*N)
     margin = 1.0 - _KD_TREE_ERR_FACTOR * float(torch.finfo(work).eps)
