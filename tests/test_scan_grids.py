@@ -106,3 +106,95 @@ def test_prep_scan_grids_then_nerf_mae_pretrains_on_them(tmp_path, capsys):
         assert main(["prep", "grid", f"src={root}", f"dst={bad}", "format=scannet_scans", *extra]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and not bad.exists(), err
+
+
+def _cells_in_boxes(values: np.ndarray, box: np.ndarray, boxes: np.ndarray) -> list[int]:
+    """How many occupied cells' centres each box holds (the world positions from the lattice ``box``)."""
+    import torch
+
+    from pc3d.ops.boxes import points_in_boxes
+
+    cell = (box[1] - box[0]) / np.array(values.shape[1:])
+    centres = box[0] + (np.argwhere(values[3] > 0.01) + 0.5) * cell
+    inside = points_in_boxes(torch.from_numpy(centres).float(), torch.from_numpy(boxes).float())
+    return inside.sum(0).tolist()
+
+
+def test_flip_turn_grid_moves_the_boxes_with_their_cells():
+    from pc3d.data.transforms import flip_turn_grid
+
+    grid = scannet_scan_grid(require_shared("scannet") / "scene0000_00", 0.1)
+    values = grid.rgb_alpha().transpose(3, 0, 1, 2)
+    before = _cells_in_boxes(values, grid.box, grid.boxes)
+    assert sum(before) > 1000
+    centre = grid.box.mean(0)
+    for flips, turns in (((0,), 0), ((1,), 0), ((), 1), ((), 2), ((), 3), ((0, 1), 1), ((0,), 3)):
+        moved, box, boxes = flip_turn_grid(values, grid.box, grid.boxes, flips, turns)
+        assert moved.shape[1:3] == (values.shape[1:3] if turns % 2 == 0 else values.shape[2:0:-1])
+        np.testing.assert_allclose(box.mean(0), centre, atol=1e-9)  # turned about the lattice centre
+        assert _cells_in_boxes(moved, box, boxes) == before, (flips, turns)
+    # a quarter turn is (x, y) -> (-y, x) about the lattice centre
+    one = np.zeros((4, 3, 2, 1), np.float32)
+    one[3, 2, 0, 0] = 1.0
+    turned, box, _ = flip_turn_grid(one, np.array([[0.0, 0, 0], [3, 2, 1]]), np.zeros((0, 7)), (), 1)
+    cell = np.argwhere(turned[3] > 0)[0]
+    # the centre (2.5, 0.5) is (1, -0.5) from the lattice centre (1.5, 1); turned: (0.5, 1), at (2, 2)
+    np.testing.assert_allclose(box[0] + cell + 0.5, [2.0, 2.0, 0.5])
+    np.testing.assert_allclose(box, [[0.5, -0.5, 0.0], [2.5, 2.5, 1.0]])
+
+
+def test_grid_detection_from_prepared_scan_grids(tmp_path, capsys):
+    """`pc3d detect data=grids` trains a grid encoder on whole scan grids with their boxes and scores held-out grids."""
+    import torch
+
+    from pc3d.data.grid_data import grid_folder
+
+    root = require_shared("scannet")
+    dst = tmp_path / "grids"
+    assert main(["prep", "grid", f"src={root}", f"dst={dst}", "format=scannet_scans", "scan.cell=0.1"]) == 0
+    data = grid_folder(dst, train=["scene0000_00"], val=["scene0000_01"]).detection()
+    assert data.class_names[1] == "bed" and not data.oriented and data.val_rotation == 90.0
+    scene = data.train[0]
+    assert len(scene.boxes) > 20 and scene.points.shape[1] == 3
+    dataset = data.dataset("train", augment=True, seed=0)
+    counts = set()
+    for epoch in range(4):  # augmented samples keep every box around its own cells
+        dataset.set_epoch(epoch)
+        sample = dataset[0]
+        values = sample["grid"].numpy()
+        cell = sample["grid_cell_size"]
+        assert abs(cell - 0.1) < 1e-6 and values.shape[0] == 4
+        origin = sample["grid_origin"].numpy()
+        box = np.stack([origin, origin + np.array(values.shape[1:]) * cell])
+        real = sample["gt_labels"].numpy() >= 0
+        counts.add(tuple(_cells_in_boxes(values, box, sample["gt_boxes"].numpy()[real])))
+        counts.add(tuple(_cells_in_boxes(scene.grid_values, scene.grid_box, scene.boxes)))
+    assert len(counts) == 1
+    turned = data.rotated_val(90).val[0]
+    assert turned.grid_values.shape[1:3] == data.val[0].grid_values.shape[2:0:-1]
+    with pytest.raises(ConfigError, match="multiples of 90"):
+        data.rotated_val(45)
+    det = tmp_path / "det"
+    assert main(["detect", "train", "checkpoint=random", "encoder=swin3d_cpu", "data=grids", f"data.root={dst}",
+                 "data.train=[scene0000_00]", "data.val=[scene0000_01]", "detect.level=0", "trainer.max_steps=2",
+                 "trainer.batch_size=1", f"out_dir={det}"]) == 0
+    metrics = json.loads((det / "metrics.json").read_text())
+    assert metrics["val_scenes"] == 1 and metrics["steps"] == 2 and np.isfinite(metrics["mAP25"])
+    # the detector saw the grid itself: its first level's tokens cover the grid at the grid's cell size
+    import yaml
+
+    from pc3d.encoders.inputs import EncoderInputDataset
+    from pc3d.hub import build_encoder
+
+    encoder = build_encoder(yaml.safe_load((det / "config.yaml").read_text())["encoder"])
+    inputs = EncoderInputDataset(data.dataset("val", augment=False, seed=0), encoder.spec)
+    grid_input = inputs.collate([inputs[0]])["input"]
+    assert torch.equal(grid_input.values[0], torch.from_numpy(data.val[0].grid_values))
+    np.testing.assert_allclose(grid_input.origin[0].numpy(), data.val[0].grid_box[0], atol=1e-6)
+    for extra, message in ((["data.train=[nope]"], "nope"), (["encoder=point_vit"], "grid encoder")):
+        capsys.readouterr()
+        bad = tmp_path / "bad"
+        assert main(["detect", "train", "checkpoint=random", "encoder=swin3d_cpu", "data=grids", f"data.root={dst}",
+                     "trainer.max_steps=1", "trainer.batch_size=1", f"out_dir={bad}", *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and not bad.exists(), err

@@ -1,8 +1,9 @@
 """Detection datasets as the CLI sees them: scenes with boxes, split into train and val.
 
 ``data=synthetic_rooms`` (embedded default), ``data=scannet`` and ``data=sunrgbd`` resolve to
-:class:`DetectionData` through the functions below (the ``_target_`` of ``configs/data/*.yaml``).
-:class:`DetectionDataset` turns scenes into fixed-size training samples.
+:class:`DetectionData` through the functions below (the ``_target_`` of ``configs/data/*.yaml``);
+``data=grids`` (radiance grids of scans, with boxes) through :meth:`pc3d.data.grid_data.GridData.detection`.
+:class:`DetectionDataset` turns scenes into fixed-size training samples, or a grid scene into its grid.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pc3d.data.base import SampleDataset
 from pc3d.data.detection_scenes import (SCANNET_CLASSES, SUNRGBD_CLASSES, DetectionScene, read_scannet_scene,
                                         read_sunrgbd_frame)
 from pc3d.data.synthetic_rooms import ROOM_CLASSES, generate_room
-from pc3d.data.transforms import augment_scene, random_subsample, rotate_scene_quarter_turns, rotate_scene_z
+from pc3d.data.transforms import (augment_scene, flip_turn_grid, random_subsample, rotate_scene_quarter_turns,
+                                  rotate_scene_z)
 from pc3d.errors import ConfigError, DataFormatError
 
 
@@ -49,6 +51,9 @@ class DetectionData:
         if not self.oriented and degrees % 90 != 0:
             raise ConfigError(f"detect.val_rotation={degrees:g}: this data's boxes are axis-aligned, so the val "
                               "scenes can only be turned by multiples of 90 degrees")
+        if degrees % 90 != 0 and any(s.grid_values is not None for s in self.val):
+            raise ConfigError(f"detect.val_rotation={degrees:g}: grid scenes turn by multiples of 90 degrees only "
+                              "(their cells are re-indexed, never resampled)")
         return replace(self, val=[rotated_detection_scene(s, degrees, quarter_turns=not self.oriented)
                                   for s in self.val])
 
@@ -93,6 +98,8 @@ class DetectionDataset(SampleDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.scenes[index]
         rng = self.sample_rng(index)
+        if scene.grid_values is not None:
+            return self._grid_sample(scene, rng)
         table = scene.points if scene.colors is None else np.concatenate([scene.points, scene.colors], axis=1)
         table, boxes = random_subsample(table, self.num_points, rng), scene.boxes  # colours ride along
         if self.augment:
@@ -100,21 +107,67 @@ class DetectionDataset(SampleDataset):
                                          max_rotation=self.max_rotation, scale_range=self.scale_range,
                                          quarter_turns=self.quarter_turns)
         points = table[:, :3]
-        gt_boxes = np.zeros((self.max_boxes, 7), dtype=np.float32)
-        gt_labels = np.full(self.max_boxes, -1, dtype=np.int64)
-        gt_boxes[:len(boxes)] = boxes
-        gt_labels[:len(boxes)] = scene.labels
         sample = {"points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
-                  "gt_boxes": torch.from_numpy(gt_boxes), "gt_labels": torch.from_numpy(gt_labels)}
+                  **self._padded_boxes(boxes, scene.labels)}
         if scene.colors is not None:
             sample["colors"] = torch.from_numpy(np.ascontiguousarray(table[:, 3:6], dtype=np.float32))
         return sample
+
+    def _padded_boxes(self, boxes: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
+        gt_boxes = np.zeros((self.max_boxes, 7), dtype=np.float32)
+        gt_labels = np.full(self.max_boxes, -1, dtype=np.int64)
+        gt_boxes[:len(boxes)] = boxes
+        gt_labels[:len(boxes)] = labels
+        return {"gt_boxes": torch.from_numpy(gt_boxes), "gt_labels": torch.from_numpy(gt_labels)}
+
+    def _grid_sample(self, scene: DetectionScene, rng: np.random.Generator) -> dict[str, Any]:
+        """``{"grid" (C, X, Y, Z), "grid_origin" (3,), "grid_cell_size", "gt_boxes", "gt_labels"}``: the whole
+        grid in the world frame; with ``augment`` a flip of each of ``flip_axes`` (p = 0.5) and, for
+        ``quarter_turns`` data, 0-3 quarter turns, boxes with it (exact, :func:`flip_turn_grid`)."""
+        flips: tuple[int, ...] = ()
+        turns = 0
+        if self.augment:
+            flips = tuple(axis for axis in self.flip_axes if rng.random() < 0.5)
+            turns = int(rng.integers(4)) if self.quarter_turns else 0
+        values, box, boxes = flip_turn_grid(scene.grid_values, scene.grid_box, scene.boxes, flips, turns)
+        return {"grid": torch.from_numpy(values.astype(np.float32, copy=False)),
+                "grid_origin": torch.from_numpy(box[0].astype(np.float32)),
+                "grid_cell_size": float((box[1, 0] - box[0, 0]) / values.shape[1]),
+                **self._padded_boxes(boxes, scene.labels)}
+
+
+def grid_detection_scene(name: str, values: np.ndarray, box: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                         class_names: tuple[str, ...], min_alpha: float = 0.01) -> DetectionScene:
+    """A grid scene: ``values (4, X, Y, Z)`` (R, G, B, alpha) on the lattice ``box (2, 3)`` with ``boxes (K, 7)``
+    of ``labels (K,)``; its ``points`` are the centres of the cells with alpha > ``min_alpha``.
+
+    Raises:
+        DataFormatError: the cells are not cubes (a grid encoder takes one cell size), or no cell is occupied.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    box = np.asarray(box, dtype=np.float64)
+    cell = (box[1] - box[0]) / np.asarray(values.shape[1:], dtype=np.float64)
+    if not np.allclose(cell, cell[0], rtol=1e-4, atol=0.0):
+        raise DataFormatError(f"{name}: grid cells of {np.round(cell, 6).tolist()} are not cubes; grid detection "
+                              "takes one cell size (prepare the grid with `pc3d prep grid format=*_scans`)")
+    occupied = np.argwhere(values[3] > min_alpha)
+    if len(occupied) == 0:
+        raise DataFormatError(f"{name}: no cell has alpha > {min_alpha:g}")
+    points = (box[0] + (occupied + 0.5) * cell).astype(np.float32)
+    colors = values[:3, occupied[:, 0], occupied[:, 1], occupied[:, 2]].T.copy()
+    return DetectionScene(name, points, np.asarray(boxes, dtype=np.float32).reshape(-1, 7),
+                          np.asarray(labels, dtype=np.int64).reshape(-1), tuple(class_names), colors, values, box)
 
 
 def rotated_detection_scene(scene: DetectionScene, degrees: float, quarter_turns: bool) -> DetectionScene:
     """``scene`` turned in place by ``degrees`` about z (about its points' bounding-box centre), boxes with it:
     ``quarter_turns`` (axis-aligned boxes, ``degrees`` a multiple of 90) keeps them axis-aligned, otherwise
-    their yaw turns."""
+    their yaw turns. A grid scene turns about its lattice's centre (``degrees`` a multiple of 90)."""
+    if scene.grid_values is not None:
+        turns = int(round(degrees / 90))
+        values, box, boxes = flip_turn_grid(scene.grid_values, scene.grid_box, scene.boxes, (), turns)
+        return grid_detection_scene(f"{scene.name}@rot{degrees:g}", values, box, boxes, scene.labels,
+                                    scene.class_names)
     centre = (scene.points.min(axis=0) + scene.points.max(axis=0)) / 2
     centre[2] = 0.0
     points, boxes = scene.points - centre, scene.boxes.copy()

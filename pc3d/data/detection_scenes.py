@@ -42,7 +42,11 @@ SUNRGBD_CLASSES = ("bed", "table", "sofa", "chair", "toilet", "desk", "dresser",
 @dataclass
 class DetectionScene:
     """One scene: ``points (N, 3)`` float32, ``colors (N, 3)`` float32 in [0, 1] or None, ``boxes (K, 7)``
-    float32, ``labels (K,)`` int64."""
+    float32, ``labels (K,)`` int64.
+
+    A grid scene (a radiance grid with boxes, :func:`pc3d.data.detection_data.grid_detection_scene`) also
+    holds ``grid_values (C, X, Y, Z)`` float32 and the lattice's world ``grid_box (2, 3)``: its samples are the
+    grid; ``points`` / ``colors`` are then its occupied cells' centres and colours (for pictures)."""
 
     name: str
     points: np.ndarray
@@ -50,6 +54,8 @@ class DetectionScene:
     labels: np.ndarray
     class_names: tuple[str, ...]
     colors: np.ndarray | None = None
+    grid_values: np.ndarray | None = None
+    grid_box: np.ndarray | None = None
 
 
 def split_points(path: Path, table: np.ndarray, color_scale: float) -> tuple[np.ndarray, np.ndarray | None]:

@@ -18,8 +18,11 @@ import numpy as np
 import torch
 
 from pc3d.data.base import SampleDataset
-from pc3d.data.radiance_grid import RadianceGrid, read_grid_folder
-from pc3d.errors import ConfigError
+from pc3d.data.detection_data import DetectionData, grid_detection_scene
+from pc3d.data.detection_scenes import DetectionScene
+from pc3d.data.folders import split_names
+from pc3d.data.radiance_grid import RadianceGrid, read_grid_folder, read_grid_manifest, read_radiance_grid
+from pc3d.errors import ConfigError, DataFormatError
 
 
 def radiance_grid_sample(grid: RadianceGrid) -> dict[str, Any]:
@@ -70,11 +73,14 @@ class GridDataset(SampleDataset):
 
 @dataclass
 class GridData:
-    """A prepared grid folder: ``pretrain_splits`` feed pretraining (``grid_dataset``)."""
+    """A prepared grid folder: ``pretrain_splits`` feed pretraining (``grid_dataset``); the grids named in
+    ``train`` / ``val`` (with boxes: grids of scans) are ``pc3d detect``'s scenes (:meth:`detection`)."""
 
     root: str
     pretrain_splits: Sequence[str] = ("train",)
     seed: int = 0
+    train: Sequence[str] | None = None
+    val: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if not Path(self.root).is_dir():
@@ -90,7 +96,55 @@ class GridData:
         grids = self.grids(self.pretrain_splits)
         return GridDataset(list(grids.values()), list(grids), augment, self.seed)
 
+    def detection(self) -> DetectionData:
+        """The grids ``train`` (default: the folder's ``train`` split) and ``val`` (default: the train grids, a
+        fitting check) as grid detection scenes: boxes and classes from ``pc3d prep grid format=*_scans``.
+        ScanNet grids have axis-aligned boxes (flips, quarter turns; val turned 90° by default, as
+        ``data=scannet``), SUN RGB-D grids oriented ones (flips; val upright).
 
-def grid_folder(root: str | os.PathLike, pretrain_splits: Sequence[str] = ("train",), seed: int = 0) -> GridData:
+        Raises:
+            ConfigError: a name that is not in the folder.
+            DataFormatError: a grid without boxes, grids of different sources or box classes, cells that are
+                not cubes.
+        """
+        root = Path(self.root)
+        scenes = read_grid_manifest(root)["scenes"]
+        train = list(split_names(root, scenes, "train")) if self.train is None else [str(n) for n in self.train]
+        val = train if self.val is None else [str(n) for n in self.val]
+        for key, names in (("train", train), ("val", val)):
+            missing = [n for n in names if n not in scenes]
+            if missing or not names:
+                raise ConfigError(f"data.{key}: no grid {missing or names} in {root} (has {sorted(scenes)[:10]})")
+        kinds = {(scenes[n].get("source_format"), tuple(scenes[n].get("box_classes") or ())) for n in {*train, *val}}
+        if len(kinds) != 1:
+            raise DataFormatError(f"{root}/manifest.json: the chosen grids mix sources or box classes {sorted(kinds)}")
+        source_format, class_names = kinds.pop()
+        if source_format not in ("scannet_scans", "sunrgbd_scans") or not class_names:
+            raise DataFormatError(f"{root}/manifest.json: grid detection needs grids of scans with boxes "
+                                  f"(`pc3d prep grid format=scannet_scans|sunrgbd_scans`), got "
+                                  f"source_format={source_format!r}")
+
+        def scene(name: str) -> DetectionScene:
+            path = root / scenes[name]["file"]
+            grid = read_radiance_grid(path, density="alpha")
+            if grid.boxes is None:
+                raise DataFormatError(f"{path}: no boxes / box_labels in the grid file")
+            try:
+                return grid_detection_scene(name, grid.rgb_alpha().transpose(3, 0, 1, 2), grid.box, grid.boxes,
+                                            grid.box_labels, class_names)
+            except DataFormatError as exc:
+                raise DataFormatError(f"{path}: {exc}") from None
+
+        read = {name: scene(name) for name in dict.fromkeys([*train, *val])}
+        axis_aligned = source_format == "scannet_scans"
+        return DetectionData([read[n] for n in train], [read[n] for n in val], class_names,
+                             oriented=not axis_aligned, num_points=0, flip_axes=(0, 1), seed=self.seed,
+                             quarter_turns=axis_aligned, val_rotation=90.0 if axis_aligned else 0.0)
+
+
+def grid_folder(root: str | os.PathLike, pretrain_splits: Sequence[str] = ("train",), seed: int = 0,
+                train: Sequence[str] | str | None = None, val: Sequence[str] | str | None = None) -> GridData:
     """The ``data=grids`` node (``configs/data/grids.yaml``)."""
-    return GridData(str(root), tuple(pretrain_splits), int(seed))
+    def names(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+        return None if value is None else (str(value),) if isinstance(value, str) else tuple(map(str, value))
+    return GridData(str(root), tuple(pretrain_splits), int(seed), names(train), names(val))

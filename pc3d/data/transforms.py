@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["augment_scene", "flip_scene", "normalize_unit_sphere", "random_pose", "random_subsample",
+__all__ = ["augment_scene", "flip_scene", "flip_turn_grid", "normalize_unit_sphere", "random_pose", "random_subsample",
            "rotate_scene_quarter_turns", "rotate_scene_z", "scale_and_translate", "scale_scene", "yaw_rotation"]
 
 
@@ -190,6 +190,39 @@ def rotate_scene_quarter_turns(points: np.ndarray, boxes: np.ndarray, turns: int
         boxes[:, :2] = np.stack([-boxes[:, 1], boxes[:, 0]], axis=1)
         boxes[:, 3:5] = boxes[:, [4, 3]]
     return points, boxes
+
+
+def flip_turn_grid(values: np.ndarray, box: np.ndarray, boxes: np.ndarray, flips: tuple[int, ...] = (),
+                   turns: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mirror a grid scene along x and/or y (``flips``), then turn it by ``turns`` quarter turns about +z, about
+    the centre of its lattice; the boxes move with it (the conventions of :func:`flip_scene` and
+    :func:`rotate_scene_quarter_turns`). Exact: cells are only re-indexed.
+
+    Args:
+        values: ``(C, X, Y, Z)`` cell values.
+        box: ``(2, 3)`` world ``(min, max)`` of the lattice; cells square in x and y when ``turns`` is odd.
+        boxes: ``(K, 7)`` boxes in the world frame.
+
+    Returns:
+        ``values (C, X', Y', Z)`` contiguous (``X', Y'`` swapped on odd turns), the new ``box (2, 3)``
+        float64 (the same centre) and ``boxes (K, 7)`` float32.
+    """
+    box = np.asarray(box, dtype=np.float64)
+    centre, half = (box[0] + box[1]) / 2, (box[1] - box[0]) / 2
+    moved = np.asarray(boxes, dtype=np.float64).reshape(-1, 7).copy()
+    moved[:, :3] -= centre
+    none = np.zeros((0, 3))
+    for axis in flips:
+        values = np.flip(values, axis + 1)
+        _, moved = flip_scene(none, moved, axis)
+    turns = int(turns) % 4
+    if turns:
+        values = np.rot90(values, turns, axes=(1, 2))  # cell (i, j) → (Y−1−j, i): (x, y) → (−y, x) about the centre
+        _, moved = rotate_scene_quarter_turns(none, moved, turns)
+        if turns % 2:
+            half = half[[1, 0, 2]]
+    moved[:, :3] += centre
+    return np.ascontiguousarray(values), np.stack([centre - half, centre + half]), moved.astype(np.float32)
 
 
 def elastic_distortion(xyz: np.ndarray, rng: np.random.Generator, granularity: float, magnitude: float) -> np.ndarray:

@@ -55,8 +55,17 @@ def _tensor(sample: Mapping[str, Any], key: str) -> Tensor | None:
     return torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value, dtype=torch.float32)
 
 
+def check_input_kind(spec: EncoderSpec, sample: Mapping[str, Any]) -> None:
+    """Raise :class:`DataFormatError` when ``sample`` is a radiance grid and the encoder does not take grids
+    (there are no points to give it)."""
+    if "grid" in sample and spec.input != "grid":
+        raise DataFormatError(f"a radiance-grid sample needs a grid encoder (input: grid, e.g. encoder=swin3d); "
+                              f"this encoder takes {spec.input}")
+
+
 def sample_input(spec: EncoderSpec, sample: Mapping[str, Any]) -> dict[str, Any]:
     """The per-sample part of the encoder input (see the module docstring); CPU tensors."""
+    check_input_kind(spec, sample)
     if spec.input == "points":
         return {}
     if spec.input == "grid" and "grid" in sample:  # a radiance grid: already the encoder's input

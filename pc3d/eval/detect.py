@@ -6,7 +6,8 @@ how many patch tokens a scene gets for encoders that declare those as ``resoluti
 a :class:`~pc3d.eval.detection_head.CenterDetectionHead` on its level ``detect.level`` (oriented
 heading bins when the data's boxes are oriented), trains both with the one Trainer into
 ``out_dir`` and evaluates the final model on the val scenes. Scenes reach the encoder through the
-one input adapter (:mod:`pc3d.encoders.inputs`: voxelisation and normals in the data loader). ``eval``
+one input adapter (:mod:`pc3d.encoders.inputs`: voxelisation and normals in the data loader); with
+``data=grids`` (grids of scans with boxes) each sample is a whole grid, for a grid encoder. ``eval``
 rebuilds the detector from a ``detect train`` run directory (its newest checkpoint) and only
 evaluates. The val scenes are scored turned in place by ``detect.val_rotation`` degrees about z
 (:meth:`~pc3d.data.detection_data.DetectionData.rotated_val`; multiples of 90 for axis-aligned boxes;
@@ -33,6 +34,7 @@ import torch
 
 from pc3d.data.detection_data import DetectionData
 from pc3d.data.detection_scenes import DetectionScene
+from pc3d.data.grid_data import GridData
 from pc3d.data.scene_data import SceneData
 from pc3d.encoders.base import Encoder
 from pc3d.encoders.inputs import EncoderInputDataset
@@ -152,11 +154,11 @@ def run_detect(mode: str, cfg) -> dict[str, Any]:
     check_run_settings(cfg)
     device = resolve_device(cfg.device)
     data = call_target(cfg.data, "data")
-    if isinstance(data, SceneData):  # a scene folder that also has boxes (data=scannet)
+    if isinstance(data, (SceneData, GridData)):  # a scene or grid folder that also has boxes
         data = data.detection()
     if not isinstance(data, DetectionData):
-        raise ConfigError(f"data: pc3d detect needs a detection dataset (synthetic_rooms, scannet, sunrgbd), "
-                          f"got {type(data).__name__}")
+        raise ConfigError(f"data: pc3d detect needs a detection dataset (synthetic_rooms, scannet, sunrgbd, "
+                          f"grids of scans), got {type(data).__name__}")
     val_rotation = detect.get("val_rotation")
     val_rotation = data.val_rotation if val_rotation is None else float(val_rotation)
     data = data.rotated_val(val_rotation)

@@ -95,11 +95,14 @@ def check_run_settings(cfg: DictConfig) -> None:
 
 
 def check_sample(encoder: nn.Module, sample: Mapping[str, Any]) -> None:
-    """The data fits the encoder (its ``validate_sample`` on one sample), before anything is written."""
+    """The data fits the encoder (the input kind it declares, its ``validate_sample``) on one sample, before
+    anything is written."""
     from pc3d.encoders.base import Encoder
+    from pc3d.encoders.inputs import check_input_kind
 
     if isinstance(encoder, Encoder):
         try:
+            check_input_kind(encoder.spec, sample)
             encoder.validate_sample(dict(sample))
         except ValueError as exc:
             raise ConfigError(f"data: {exc}") from exc
