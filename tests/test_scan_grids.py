@@ -174,6 +174,11 @@ def test_grid_detection_from_prepared_scan_grids(tmp_path, capsys):
     assert turned.grid_values.shape[1:3] == data.val[0].grid_values.shape[2:0:-1]
     with pytest.raises(ConfigError, match="multiples of 90"):
         data.rotated_val(45)
+    sun = tmp_path / "sun_grids"  # SUN RGB-D frames: oriented boxes, flipped in x only, scored upright
+    assert main(["prep", "grid", f"src={require_shared('sunrgbd')}", f"dst={sun}", "format=sunrgbd_scans"]) == 0
+    frames = grid_folder(sun).detection()
+    assert frames.oriented and frames.flip_axes == (0,) and not frames.quarter_turns and frames.val_rotation == 0
+    assert frames.class_names[0] == "bed" and len(frames.train) == len(frames.val) >= 1
     det = tmp_path / "det"
     assert main(["detect", "train", "checkpoint=random", "encoder=swin3d_cpu", "data=grids", f"data.root={dst}",
                  "data.train=[scene0000_00]", "data.val=[scene0000_01]", "detect.level=0", "trainer.max_steps=2",

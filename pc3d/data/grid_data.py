@@ -99,8 +99,8 @@ class GridData:
     def detection(self) -> DetectionData:
         """The grids ``train`` (default: the folder's ``train`` split) and ``val`` (default: the train grids, a
         fitting check) as grid detection scenes: boxes and classes from ``pc3d prep grid format=*_scans``.
-        ScanNet grids have axis-aligned boxes (flips, quarter turns; val turned 90° by default, as
-        ``data=scannet``), SUN RGB-D grids oriented ones (flips; val upright).
+        ScanNet grids have axis-aligned boxes (flips in x and y, quarter turns; val turned 90° by default),
+        SUN RGB-D grids oriented ones (flips in x; val upright), as ``data=scannet`` / ``data=sunrgbd``.
 
         Raises:
             ConfigError: a name that is not in the folder.
@@ -138,7 +138,8 @@ class GridData:
         read = {name: scene(name) for name in dict.fromkeys([*train, *val])}
         axis_aligned = source_format == "scannet_scans"
         return DetectionData([read[n] for n in train], [read[n] for n in val], class_names,
-                             oriented=not axis_aligned, num_points=0, flip_axes=(0, 1), seed=self.seed,
+                             oriented=not axis_aligned, num_points=0, flip_axes=(0, 1) if axis_aligned else (0,),
+                             seed=self.seed,
                              quarter_turns=axis_aligned, val_rotation=90.0 if axis_aligned else 0.0)
 
 
