@@ -22,6 +22,7 @@ from pc3d.data.detection_data import DetectionData, grid_detection_scene
 from pc3d.data.detection_scenes import DetectionScene
 from pc3d.data.folders import split_names
 from pc3d.data.radiance_grid import RadianceGrid, read_grid_folder, read_grid_manifest, read_radiance_grid
+from pc3d.data.transforms import flip_turn_grid
 from pc3d.errors import ConfigError, DataFormatError
 
 
@@ -34,14 +35,11 @@ def radiance_grid_sample(grid: RadianceGrid) -> dict[str, Any]:
 
 def augment_grid(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """NeRF-MAE's grid augmentation of ``values (C, X, Y, Z)``: flip x, flip y, quarter turn about z, each p=0.5."""
-    draws = torch.rand(3, generator=generator)
-    if draws[0] < 0.5:
-        values = values.flip(1)
-    if draws[1] < 0.5:
-        values = values.flip(2)
-    if draws[2] < 0.5:
-        values = values.rot90(1, dims=(1, 2))
-    return values.contiguous()
+    draws = torch.rand(3, generator=generator).tolist()
+    flips = tuple(axis for axis, draw in zip((0, 1), draws[:2]) if draw < 0.5)
+    lattice = np.array([(0, 0, 0), values.shape[1:]], dtype=np.float64)  # samples are in cell units
+    moved, _, _ = flip_turn_grid(values.numpy(), lattice, np.zeros((0, 7)), flips, int(draws[2] < 0.5))
+    return torch.from_numpy(moved)
 
 
 class GridDataset(SampleDataset):
@@ -132,15 +130,14 @@ class GridData:
             try:
                 return grid_detection_scene(name, grid.rgb_alpha().transpose(3, 0, 1, 2), grid.box, grid.boxes,
                                             grid.box_labels, class_names)
-            except DataFormatError as exc:
-                raise DataFormatError(f"{path}: {exc}") from None
+            except DataFormatError as exc:  # the file, not the scene name, locates the problem
+                raise DataFormatError(f"{path}: {str(exc).removeprefix(f'{name}: ')}") from None
 
         read = {name: scene(name) for name in dict.fromkeys([*train, *val])}
         axis_aligned = source_format == "scannet_scans"
         return DetectionData([read[n] for n in train], [read[n] for n in val], class_names,
                              oriented=not axis_aligned, num_points=0, flip_axes=(0, 1) if axis_aligned else (0,),
-                             seed=self.seed,
-                             quarter_turns=axis_aligned, val_rotation=90.0 if axis_aligned else 0.0)
+                             seed=self.seed, quarter_turns=axis_aligned, val_rotation=90.0 if axis_aligned else 0.0)
 
 
 def grid_folder(root: str | os.PathLike, pretrain_splits: Sequence[str] = ("train",), seed: int = 0,
