@@ -150,6 +150,8 @@ CASES = [
     ("probe_batch_zero", lambda f: ["probe", "checkpoint=random", "probe.batch_size=0", *f["synth"]],
      "probe.batch_size=0: expected an integer >= 1"),
     ("probe_seed_text", lambda f: ["probe", "checkpoint=random", "seed=x", *f["synth"]], "seed='x'"),
+    ("probe_labels_short_class", lambda f: ["probe", "checkpoint=random", "probe.labels_per_class=5", *f["synth"]],
+     "probe.labels_per_class=5: class 'sphere' (label 0) has only"),
     ("probe_misspelt_key", lambda f: ["probe", "checkpoint=random", "+probe.batchsize=3", *f["synth"]],
      "probe.batchsize"),
     ("finetune_vote_passes_text", lambda f: ["finetune", "checkpoint=random", "finetune.vote_passes=many",

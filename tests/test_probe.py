@@ -44,6 +44,8 @@ def test_labelled_subsets_pick_k_per_class_seeded():
     assert all(np.array_equal(a, b) for a, b in zip(again, picks))
     with pytest.raises(ConfigError, match="labels_per_class=6: class 0 has only 5"):
         labelled_subsets(labels, 6, 1, seed=0)
+    with pytest.raises(ConfigError, match="class 'chair' \\(label 0\\) has only 5"):
+        labelled_subsets(labels, 6, 1, seed=0, class_names=["chair", "desk", "bed"])
     with pytest.raises(ConfigError, match="label_draws=0"):
         labelled_subsets(labels, 2, 0, seed=0)
 

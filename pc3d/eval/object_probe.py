@@ -160,8 +160,11 @@ class ProbeSplits:
     test_y: np.ndarray | None = None
 
 
-def labelled_subsets(labels: np.ndarray, per_class: int, draws: int, seed: int) -> list[np.ndarray]:
+def labelled_subsets(labels: np.ndarray, per_class: int, draws: int, seed: int,
+                     class_names: Sequence[str] | None = None) -> list[np.ndarray]:
     """``draws`` seeded picks of ``per_class`` indices of every class in ``labels`` ``(S,)``.
+
+    ``class_names`` (indexed by label) only name the short class in the error.
 
     Returns:
         ``draws`` sorted int64 index arrays into ``labels``; draw ``d`` depends only on ``(seed, d)``.
@@ -173,7 +176,9 @@ def labelled_subsets(labels: np.ndarray, per_class: int, draws: int, seed: int) 
     if per_class < 1 or draws < 1:
         raise ConfigError(f"probe.labels_per_class={per_class} and probe.label_draws={draws}: expected both >= 1")
     if counts.min() < per_class:
-        raise ConfigError(f"probe.labels_per_class={per_class}: class {int(classes[counts.argmin()])} has only "
+        short = int(classes[counts.argmin()])
+        name = f"'{class_names[short]}' (label {short})" if class_names is not None else str(short)
+        raise ConfigError(f"probe.labels_per_class={per_class}: class {name} has only "
                           f"{int(counts.min())} shapes in the probe's fit split")
     picks = []
     for draw in range(draws):
@@ -209,7 +214,7 @@ def svm_probe(splits: ProbeSplits, class_names: Sequence[str], *, Cs: Sequence[f
         raise ValueError("the probe needs non-empty fit and val splits")
     has_test = splits.test_x is not None and len(splits.test_y) > 0
     if labels_per_class is not None:
-        subsets = labelled_subsets(splits.fit_y, labels_per_class, label_draws, seed)
+        subsets = labelled_subsets(splits.fit_y, labels_per_class, label_draws, seed, class_names)
         best = None
         for c in Cs:
             models = [_fit(_svm(c, standardize, seed), splits.fit_x[i], splits.fit_y[i]) for i in subsets]
@@ -269,7 +274,8 @@ def probe_command(cfg) -> dict[str, Any]:
     for encoder in encoders.values():
         check_sample(encoder, {"points": data.points(data.fit[:1])[0]})
     if cfg.probe.labels_per_class is not None:  # a class short of labels is refused before anything is written
-        labelled_subsets(data.labels(data.fit), cfg.probe.labels_per_class, cfg.probe.label_draws, cfg.seed)
+        labelled_subsets(data.labels(data.fit), cfg.probe.labels_per_class, cfg.probe.label_draws, cfg.seed,
+                         data.class_names)
     norm_shapes = data.fit
     if cfg.probe.norm_shapes is not None and cfg.probe.norm_shapes < len(data.fit):
         pick = np.random.default_rng(cfg.seed).choice(len(data.fit), cfg.probe.norm_shapes, replace=False)
