@@ -325,7 +325,9 @@ def test_untrained_run_scores_exactly_its_random_init_baseline(tmp_path, capsys)
     assert len(keys) > 10 and all(same[k] == same[f"random_{k}"] for k in keys)
     stored = probes["stored"]
     assert any(stored[k] != stored[f"random_{k}"] for k in keys)
-    assert "4 labels per class x 3 draws" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "4 labels per class x 3 draws" in printed
+    assert "(pc3d.data.synthetic_shapes, 24 val / 48 test shapes" in printed  # 2 val of the 12 train, 4 test per class
 
 
 def test_probe_random_baseline_is_the_seeded_random_run(tmp_path):

@@ -304,7 +304,8 @@ def probe_command(cfg) -> dict[str, Any]:
     metrics["wall_s"] = time.perf_counter() - started
     finish_run(out, metrics)
     source = str(data.cache.manifest.get("source", "data")).split(" ")[0]
-    line = f"probe ({Path(source).name}, {len(data.val)} val shapes"
+    shown = f"{len(data.val)} val" + (f" / {len(data.test)} test" if len(data.test) else "")
+    line = f"probe ({Path(source).name}, {shown} shapes"
     if cfg.probe.labels_per_class is not None:
         line += f", SVM on {cfg.probe.labels_per_class} labels per class x {cfg.probe.label_draws} draws"
     line += "): "
